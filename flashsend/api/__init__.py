@@ -1,0 +1,1 @@
+"""Cross-cutting API pieces: errors, strict input, health endpoints."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class FlashSendConfig(AppConfig):
+    name = "flashsend"
+    verbose_name = "FlashSend"

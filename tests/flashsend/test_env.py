@@ -1,0 +1,145 @@
+"""The typed environment readers, and start-up with bad and missing configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flashsend import env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", True), ("Yes", True), ("off", False), ("0", False)]
+)
+def test_env_bool(monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool) -> None:
+    monkeypatch.setenv("FS_TEST_FLAG", raw)
+    assert env.env_bool("FS_TEST_FLAG", not expected) is expected
+
+
+def test_env_bool_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FS_TEST_FLAG", "maybe")
+    with pytest.raises(env.ConfigError, match="FS_TEST_FLAG='maybe' is not a boolean"):
+        env.env_bool("FS_TEST_FLAG", False)
+
+
+def test_env_int_and_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env.env_int("FS_TEST_MISSING", 7) == 7
+    monkeypatch.setenv("FS_TEST_N", "12")
+    assert env.env_int("FS_TEST_N", 1, maximum=12) == 12
+    with pytest.raises(env.ConfigError, match="above the maximum"):
+        env.env_int("FS_TEST_N", 1, maximum=11)
+    monkeypatch.setenv("FS_TEST_N", "twelve")
+    with pytest.raises(env.ConfigError, match="not a whole number"):
+        env.env_int("FS_TEST_N", 1)
+
+
+def test_env_float_and_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FS_TEST_F", "0.5")
+    assert env.env_float("FS_TEST_F", 1.0) == 0.5
+    monkeypatch.setenv("FS_TEST_F", "half")
+    with pytest.raises(env.ConfigError):
+        env.env_float("FS_TEST_F", 1.0)
+    monkeypatch.setenv("FS_TEST_L", " a, b ,,c ")
+    assert env.env_list("FS_TEST_L", []) == ["a", "b", "c"]
+
+
+def test_env_secret_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    generated = tmp_path / "secret"
+    first = env.env_secret("FS_TEST_SECRET", generated_file=generated)
+    assert len(first) >= 32
+    assert generated.stat().st_mode & 0o777 == 0o600
+    assert env.env_secret("FS_TEST_SECRET", generated_file=generated) == first
+    secret_file = tmp_path / "from-file"
+    secret_file.write_text("s" * 40 + "\n")
+    monkeypatch.setenv("FS_TEST_SECRET_FILE", str(secret_file))
+    assert env.env_secret("FS_TEST_SECRET", generated_file=generated) == "s" * 40
+    monkeypatch.setenv("FS_TEST_SECRET", "x" * 40)
+    with pytest.raises(env.ConfigError, match="not both"):
+        env.env_secret("FS_TEST_SECRET", generated_file=generated)
+    monkeypatch.delenv("FS_TEST_SECRET_FILE")
+    monkeypatch.setenv("FS_TEST_SECRET", "short")
+    with pytest.raises(env.ConfigError, match="at least 32"):
+        env.env_secret("FS_TEST_SECRET", generated_file=generated)
+
+
+def _clean_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    keep = {"PATH", "HOME", "LANG", "PYTHONPATH"}
+    environ = {k: v for k, v in os.environ.items() if k in keep}
+    environ["FLASHSEND_VAR_DIR"] = str(var_dir)
+    environ["FLASHSEND_ENV_FILE"] = str(var_dir / "no.env")
+    environ.update(extra)
+    return environ
+
+
+def _manage(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own manage.py with fixed arguments
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+REPORT = (
+    "from django.conf import settings; from django.db import connection; "
+    "c = connection.cursor(); c.execute('PRAGMA journal_mode'); "
+    "print(settings.DATABASES['default']['ENGINE'], settings.CELERY_BROKER_URL, "
+    "settings.CACHES['default']['BACKEND'], c.fetchone()[0], settings.DEBUG, "
+    "settings.SECRET_KEY[:12])"
+)
+
+
+def test_embedded_defaults_with_nothing_configured(tmp_path: Path) -> None:
+    environ = _clean_env(tmp_path)
+    first = _manage(environ, "shell", "--no-imports", "-c", REPORT)
+    assert first.returncode == 0, first.stderr
+    engine, broker, cache, journal, debug, secret = first.stdout.split()
+    assert engine == "django.db.backends.sqlite3"
+    assert broker == "filesystem://"
+    assert cache.endswith("LocMemCache")
+    assert journal == "wal"
+    assert debug == "False"
+    assert (tmp_path / "flashsend.sqlite3").exists()
+    assert (tmp_path / "broker" / "queue").is_dir()
+    # The generated secret is kept: a restart sees the same one.
+    second = _manage(environ, "shell", "--no-imports", "-c", REPORT)
+    assert second.stdout.split()[-1] == secret
+
+
+def test_bad_value_stops_startup_with_a_clear_message(tmp_path: Path) -> None:
+    result = _manage(_clean_env(tmp_path, DEBUG="maybe"), "check")
+    assert result.returncode != 0
+    assert "DEBUG='maybe' is not a boolean" in result.stderr
+
+
+def test_bad_database_url_stops_startup(tmp_path: Path) -> None:
+    result = _manage(_clean_env(tmp_path, DATABASE_URL="nosuchdb://x"), "check")
+    assert result.returncode != 0
+    assert "DATABASE_URL" in result.stderr
+
+
+def test_jwt_lifetime_comes_from_the_environment(tmp_path: Path) -> None:
+    environ = _clean_env(tmp_path, JWT_EXPIRATION_HOURS="2")
+    code = "from django.conf import settings; print(settings.SIMPLE_JWT['ACCESS_TOKEN_LIFETIME'])"
+    result = _manage(environ, "shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2:00:00"
+
+
+def test_env_file_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("JWT_EXPIRATION_HOURS=3\n")
+    environ = _clean_env(tmp_path, FLASHSEND_ENV_FILE=str(env_file))
+    code = "from django.conf import settings; print(settings.JWT_EXPIRATION_HOURS)"
+    result = _manage(environ, "shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3.0"
