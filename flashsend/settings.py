@@ -17,9 +17,11 @@ import dj_database_url
 import django_stubs_ext
 from dotenv import load_dotenv
 
+from flashsend import topology
 from flashsend.env import (
     ConfigError,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
@@ -276,6 +278,88 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Topology: a topic exchange routes each task to "<channel>.<priority>"; every queue
+# dead-letters to flashsend.dlx -> flashsend.dead. Quorum queues by one setting.
+RABBITMQ_QUORUM_QUEUES = env_bool("RABBITMQ_QUORUM_QUEUES", False)
+CELERY_TASK_QUEUES = topology.task_queues(quorum=RABBITMQ_QUORUM_QUEUES)
+CELERY_TASK_DEFAULT_QUEUE = topology.DEFAULT_QUEUE
+CELERY_TASK_DEFAULT_EXCHANGE = topology.EXCHANGE_NAME
+CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+CELERY_TASK_DEFAULT_ROUTING_KEY = topology.DEFAULT_QUEUE
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+# Publishing happens inside an API request: fail fast and let the sweeper re-publish
+# rather than hold the client while the broker is away.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": env_int("PUBLISH_MAX_RETRIES", 1, minimum=0),
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+# --- Delivery -------------------------------------------------------------------
+
+# Retries after the first round; a notification gets DELIVERY_MAX_RETRIES + 1 rounds.
+DELIVERY_MAX_RETRIES = env_int("DELIVERY_MAX_RETRIES", 5, minimum=0, maximum=50)
+# Backoff before retry n is min(MAX, BASE * 2**(n-1)), with equal jitter. The cap
+# stays well under RabbitMQ's consumer timeout (30 min), since a worker holds a
+# retry's message unacknowledged until it is due.
+DELIVERY_RETRY_BACKOFF_SECONDS = env_float("DELIVERY_RETRY_BACKOFF_SECONDS", 2.0, minimum=0.01)
+DELIVERY_RETRY_BACKOFF_MAX_SECONDS = env_float(
+    "DELIVERY_RETRY_BACKOFF_MAX_SECONDS", 300.0, minimum=0.01, maximum=1200.0
+)
+# Every provider call gives up after this long.
+PROVIDER_TIMEOUT_SECONDS = env_float("PROVIDER_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=120.0)
+# A task is killed after this long; the claim lease is longer, so a live worker never
+# has its row taken over, while a killed worker's row is recovered.
+DELIVERY_TASK_TIME_LIMIT_SECONDS = env_int("DELIVERY_TASK_TIME_LIMIT_SECONDS", 120, minimum=5)
+DELIVERY_CLAIM_LEASE_SECONDS = env_int(
+    "DELIVERY_CLAIM_LEASE_SECONDS", 300, minimum=DELIVERY_TASK_TIME_LIMIT_SECONDS + 1
+)
+# The sweeper re-publishes queued rows whose publish never happened after this grace.
+SWEEPER_INTERVAL_SECONDS = env_float("SWEEPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
+SWEEPER_GRACE_SECONDS = env_float("SWEEPER_GRACE_SECONDS", 10.0, minimum=0.0)
+SWEEPER_BATCH_SIZE = env_int("SWEEPER_BATCH_SIZE", 500, minimum=1)
+SMS_MAX_LENGTH = 1600
+EMAIL_BODY_MAX_LENGTH = env_int("EMAIL_BODY_MAX_LENGTH", 100_000, minimum=1)
+METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 4096, minimum=2)
+
+# --- Providers ------------------------------------------------------------------
+
+SMS_PROVIDERS = env_list("SMS_PROVIDERS", ["twilio", "vonage"])
+EMAIL_PROVIDERS = env_list("EMAIL_PROVIDERS", ["smtp"])
+for _name in SMS_PROVIDERS:
+    if _name not in ("twilio", "vonage", "console"):
+        raise ConfigError(f"SMS_PROVIDERS names {_name!r}; known: twilio, vonage, console.")
+for _name in EMAIL_PROVIDERS:
+    if _name not in ("smtp", "console"):
+        raise ConfigError(f"EMAIL_PROVIDERS names {_name!r}; known: smtp, console.")
+
+TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID", "")
+TWILIO_AUTH_TOKEN = env_optional("TWILIO_AUTH_TOKEN") or ""
+TWILIO_PHONE_NUMBER = env_str("TWILIO_PHONE_NUMBER", "")
+TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID", "")
+TWILIO_BASE_URL = env_str("TWILIO_BASE_URL", "")  # e.g. a local fake; empty = Twilio's own
+
+VONAGE_API_KEY = env_str("VONAGE_API_KEY", "")
+VONAGE_API_SECRET = env_optional("VONAGE_API_SECRET") or ""
+VONAGE_FROM = env_str("VONAGE_FROM", "FlashSend")
+VONAGE_REST_HOST = env_str("VONAGE_REST_HOST", "rest.nexmo.com")
+VONAGE_CA_BUNDLE = env_str("VONAGE_CA_BUNDLE", "")
+
+SMTP_HOST = env_str("SMTP_HOST", "")
+SMTP_PORT = env_int("SMTP_PORT", 587, minimum=1, maximum=65535)
+SMTP_EMAIL = env_str("SMTP_EMAIL", "")
+SMTP_USERNAME = env_str("SMTP_USERNAME", SMTP_EMAIL)
+SMTP_PASSWORD = env_optional("SMTP_APP_PASSWORD") or env_optional("SMTP_PASSWORD") or ""
+SMTP_FROM = env_str("SMTP_FROM", SMTP_EMAIL or "FlashSend <noreply@localhost>")
+SMTP_SECURITY = env_choice(
+    "SMTP_SECURITY",
+    "ssl" if SMTP_PORT == 465 else ("starttls" if SMTP_PORT == 587 else "none"),
+    ("none", "starttls", "ssl"),
+)
+SMTP_USE_TLS = SMTP_SECURITY == "starttls"
+SMTP_USE_SSL = SMTP_SECURITY == "ssl"
 
 # --- Logging --------------------------------------------------------------------
 

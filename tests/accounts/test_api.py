@@ -236,7 +236,7 @@ def test_token_signed_with_another_key_is_401(api: APIClient, user: User) -> Non
 
 
 def test_alg_none_token_is_401(api: APIClient, user: User) -> None:
-    unsigned = jwt.encode(_claims(user), key=None, algorithm="none")
+    unsigned = jwt.encode(_claims(user), key="", algorithm="none")
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {unsigned}")
     assert api.get(ME).status_code == 401
 

@@ -1,0 +1,132 @@
+"""One delivery round of one notification: claim, send through the chain, record.
+
+The task (notifications.tasks) calls ``notification_deliver`` and turns its answer
+into Celery's vocabulary: done, retry after n seconds, or dead-letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+
+from django.conf import settings
+from django.utils import timezone
+
+from notifications import lifecycle
+from notifications.models import AttemptOutcome, DeliveryAttempt, Notification
+from notifications.providers import registry
+from notifications.providers.base import OutboundMessage
+from notifications.providers.chain import AttemptRecord, ChainOutcome, send_with_failover
+
+logger = logging.getLogger(__name__)
+
+
+class Verdict(Enum):
+    SKIPPED = "skipped"  # not ours to send: final already, canceled, or claimed elsewhere
+    SENT = "sent"
+    FAILED = "failed"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    verdict: Verdict
+    retry_in: float | None = None
+    error: str = ""
+
+
+def notification_deliver(*, notification_id: int) -> DeliveryResult:
+    lease = timedelta(seconds=settings.DELIVERY_CLAIM_LEASE_SECONDS)
+    if not lifecycle.claim(notification_id, lease=lease):
+        # Redelivered or duplicate message: the row says it is done, canceled or
+        # in another worker's hands. Acknowledge without calling any provider.
+        return DeliveryResult(Verdict.SKIPPED)
+    notification = Notification.objects.get(id=notification_id)
+    outcome = send_with_failover(registry.chain_for(notification.channel), _message(notification))
+    _record_attempts(notification, outcome.attempts)
+    return _conclude(notification, outcome)
+
+
+def _message(notification: Notification) -> OutboundMessage:
+    return OutboundMessage(
+        notification_id=notification.pk,
+        channel=notification.channel,
+        to=notification.recipient,
+        subject=notification.subject,
+        body=notification.body,
+        metadata=notification.metadata,
+    )
+
+
+def _record_attempts(notification: Notification, attempts: list[AttemptRecord]) -> None:
+    # One INSERT for the whole round, however many providers it tried.
+    DeliveryAttempt.objects.bulk_create([_attempt_row(notification, record) for record in attempts])
+
+
+def _attempt_row(notification: Notification, record: AttemptRecord) -> DeliveryAttempt:
+    if record.result is not None:
+        outcome, code, message = AttemptOutcome.SUCCESS, "", ""
+    else:
+        error = record.error
+        outcome = (
+            AttemptOutcome.PERMANENT if error and error.permanent else AttemptOutcome.TRANSIENT
+        )
+        code = (error.code if error else "")[:64]
+        message = (error.message if error else "")[:2000]
+    return DeliveryAttempt(
+        notification=notification,
+        round=notification.attempt_count,
+        provider=record.provider,
+        outcome=outcome,
+        error_code=code,
+        error_message=message,
+        provider_message_id=(record.result.message_id if record.result else "")[:128],
+        latency_ms=record.latency_ms,
+        started_at=record.started_at,
+    )
+
+
+def _conclude(notification: Notification, outcome: ChainOutcome) -> DeliveryResult:
+    delivered = outcome.delivered
+    if delivered is not None and delivered.result is not None:
+        lifecycle.mark_sent(
+            notification.pk,
+            provider=delivered.provider,
+            provider_message_id=delivered.result.message_id[:128],
+        )
+        return DeliveryResult(Verdict.SENT)
+    error = _describe(outcome)
+    if outcome.permanent:
+        lifecycle.mark_failed(notification.pk, error=error)
+        return DeliveryResult(Verdict.FAILED, error=error)
+    if notification.attempt_count > settings.DELIVERY_MAX_RETRIES:
+        lifecycle.mark_dead(notification.pk, error=error)
+        logger.error("notification %s is dead: %s", notification.pk, error)
+        return DeliveryResult(Verdict.DEAD, error=error)
+    delay = backoff_seconds(notification.attempt_count)
+    lifecycle.mark_retrying(
+        notification.pk, error=error, next_attempt_at=timezone.now() + timedelta(seconds=delay)
+    )
+    return DeliveryResult(Verdict.RETRY, retry_in=delay, error=error)
+
+
+def _describe(outcome: ChainOutcome) -> str:
+    parts = [f"{a.provider}: {a.error.message}" for a in outcome.attempts if a.error is not None]
+    return " | ".join(parts) or outcome.last_error.message
+
+
+def backoff_seconds(rounds_done: int) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random.
+
+    The fixed half keeps the delay growing; the random half spreads the retries of
+    a burst that failed together so they do not hit the recovering provider at once.
+    """
+    ceiling: float = min(
+        settings.DELIVERY_RETRY_BACKOFF_MAX_SECONDS,
+        settings.DELIVERY_RETRY_BACKOFF_SECONDS * 2 ** max(0, rounds_done - 1),
+    )
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter, not security

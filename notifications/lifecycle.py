@@ -1,0 +1,120 @@
+"""Every status transition of a notification, and nothing else.
+
+Each transition is one conditional UPDATE that names the states it may leave. The
+row count says whether this process won the row: 0 means another worker, a cancel
+or the sweeper got there first, and the caller must not act as if it had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.db.models import F, Q
+from django.utils import timezone
+
+from notifications.models import Notification, Status
+
+CLAIMABLE = (Status.QUEUED, Status.RETRYING)
+
+
+def _now() -> datetime:
+    return timezone.now()
+
+
+def claim(notification_id: int, *, lease: timedelta) -> bool:
+    """queued/retrying -> processing, or take over a claim whose worker died.
+
+    A processing row whose claim is older than the lease belongs to a worker that
+    was killed mid-task (its message comes back through redelivery or the sweeper).
+    The lease is longer than the task's hard time limit, so a live worker never
+    loses its row this way.
+    """
+    now = _now()
+    updated = (
+        Notification.objects.filter(id=notification_id)
+        .filter(Q(status__in=CLAIMABLE) | Q(status=Status.PROCESSING, claimed_at__lt=now - lease))
+        .update(
+            status=Status.PROCESSING,
+            claimed_at=now,
+            attempt_count=F("attempt_count") + 1,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+    )
+    return updated == 1
+
+
+def mark_sent(notification_id: int, *, provider: str, provider_message_id: str) -> bool:
+    now = _now()
+    return _leave_processing(
+        notification_id,
+        status=Status.SENT,
+        provider=provider,
+        provider_message_id=provider_message_id,
+        last_error="",
+        sent_at=now,
+        finished_at=now,
+    )
+
+
+def mark_retrying(notification_id: int, *, error: str, next_attempt_at: datetime) -> bool:
+    return _leave_processing(
+        notification_id, status=Status.RETRYING, last_error=error, next_attempt_at=next_attempt_at
+    )
+
+
+def mark_failed(notification_id: int, *, error: str) -> bool:
+    return _leave_processing(
+        notification_id, status=Status.FAILED, last_error=error, finished_at=_now()
+    )
+
+
+def mark_dead(notification_id: int, *, error: str) -> bool:
+    return _leave_processing(
+        notification_id, status=Status.DEAD, last_error=error, finished_at=_now()
+    )
+
+
+def _leave_processing(notification_id: int, **changes: object) -> bool:
+    updated = Notification.objects.filter(id=notification_id, status=Status.PROCESSING).update(
+        updated_at=_now(), **changes
+    )
+    return updated == 1
+
+
+def mark_published(notification_ids: Iterable[int]) -> int:
+    """Record that the broker accepted these rows' tasks."""
+    ids = list(notification_ids)
+    if not ids:
+        return 0
+    return Notification.objects.filter(id__in=ids, published_at__isnull=True).update(
+        published_at=_now()
+    )
+
+
+def postpone_overdue_retries(notification_ids: Iterable[int]) -> int:
+    """After the sweeper re-published lost retries, restart their overdue clock so
+    the next sweep does not publish them again while they wait in a backlog."""
+    ids = list(notification_ids)
+    if not ids:
+        return 0
+    return Notification.objects.filter(id__in=ids, status=Status.RETRYING).update(
+        next_attempt_at=_now()
+    )
+
+
+def release_stale_claims(*, lease: timedelta) -> list[int]:
+    """processing rows whose worker died -> queued and unpublished, for the sweeper."""
+    cutoff = _now() - lease
+    stale = list(
+        Notification.objects.filter(status=Status.PROCESSING, claimed_at__lt=cutoff).values_list(
+            "id", flat=True
+        )[:1000]
+    )
+    if not stale:
+        return []
+    Notification.objects.filter(
+        id__in=stale, status=Status.PROCESSING, claimed_at__lt=cutoff
+    ).update(status=Status.QUEUED, published_at=None, claimed_at=None, updated_at=_now())
+    return stale

@@ -1,0 +1,1 @@
+"""Delivery providers: one small class per vendor behind one interface."""
