@@ -40,8 +40,12 @@ class VonageProvider(Provider):
         )
         if settings.VONAGE_CA_BUNDLE:
             # The SDK always speaks https and has no option for the CA to trust; a
-            # private CA (a test fake, a corporate proxy) is set on its session.
-            self._client.http_client._session.verify = settings.VONAGE_CA_BUNDLE
+            # private CA (a test fake, a TLS-inspecting proxy) is set on its session.
+            # requests lets REQUESTS_CA_BUNDLE from the environment override a
+            # session's verify, so the session stops reading the environment.
+            session = self._client.http_client._session
+            session.verify = settings.VONAGE_CA_BUNDLE
+            session.trust_env = False
 
     def send(self, message: OutboundMessage) -> SendResult:
         sms = SmsMessage(to=message.to.lstrip("+"), from_=settings.VONAGE_FROM, text=message.body)

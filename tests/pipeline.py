@@ -1,0 +1,101 @@
+"""Helpers for tests that run the real pipeline: a Celery worker consuming from
+RabbitMQ in a thread of the test process, and polling for outcomes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from celery import bootsteps
+from celery.contrib.testing.worker import start_worker
+from celery.worker import state
+from kombu import Connection
+
+from flashsend import topology
+from flashsend.celery import app
+
+T = TypeVar("T")
+# The blueprint state of a worker that has finished stopping (not in celery-types).
+_TERMINATED: int = bootsteps.TERMINATE  # type: ignore[attr-defined]
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05) -> T:
+    """Poll until ``predicate`` returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def purge_queues() -> None:
+    """Empty every FlashSend queue so one test's messages never reach another's worker."""
+    with app.connection_for_write() as connection:
+        topology.declare_all(connection, quorum=False)
+        with connection.channel() as channel:  # type: Any
+            for name in (*topology.WORK_QUEUES, topology.DEFAULT_QUEUE, topology.DEAD_QUEUE):
+                channel.queue_purge(name)
+
+
+def dead_letters() -> list[dict[str, Any]]:
+    """Read (and acknowledge) everything in flashsend.dead."""
+    found: list[dict[str, Any]] = []
+    with Connection(app.conf.broker_url) as connection:
+        channel: Any = connection.channel()
+        for _ in range(10_000):
+            message = channel.basic_get(topology.DEAD_QUEUE, no_ack=True)
+            if message is None:
+                break
+            found.append(
+                {
+                    "headers": dict(message.headers or {}),
+                    "routing_key": message.delivery_info.get("routing_key"),
+                    "properties": dict(message.properties or {}),
+                }
+            )
+    return found
+
+
+@contextmanager
+def running_worker(
+    *,
+    queues: tuple[str, ...] = (*topology.WORK_QUEUES, topology.DEFAULT_QUEUE),
+    concurrency: int = 4,
+) -> Iterator[Any]:
+    try:
+        with start_worker(
+            app,
+            pool="threads",
+            concurrency=concurrency,
+            perform_ping_check=False,
+            queues=list(queues),
+            loglevel="WARNING",
+            shutdown_timeout=30.0,
+        ) as worker:
+            try:
+                yield worker
+            finally:
+                _warm_shutdown(worker)
+    finally:
+        state.should_stop = None
+
+
+def _warm_shutdown(worker: Any, timeout: float = 30.0) -> None:
+    """Stop the worker the way SIGTERM does: finish the tasks in hand, then exit.
+
+    The embedded worker's own exit is a cold shutdown, which leaves thread-pool tasks
+    running into the next test. The event loop is woken because it otherwise sleeps
+    in poll() for up to ten seconds before it sees the request.
+    """
+    state.should_stop = 0  # type: ignore[assignment]
+    hub = getattr(worker, "hub", None)
+    if hub is not None:
+        hub.call_soon(lambda: None)
+    deadline = time.monotonic() + timeout
+    while worker.blueprint.state != _TERMINATED and time.monotonic() < deadline:
+        time.sleep(0.02)
