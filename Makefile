@@ -6,18 +6,19 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint typecheck pytest setup migrate clean
+.PHONY: help run demo test lint typecheck pytest setup migrate clean
 
 help:
 	@echo "make run    install, migrate and start API + worker + scheduler on http://127.0.0.1:8000"
 	@echo "make test   install and run the whole suite (pytest, ruff, mypy)"
+	@echo "make demo   like run, with local fake Twilio, Vonage and SMTP servers as providers"
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlashSend needs Python 3.11 or newer; found " + sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	@# --inexact keeps pip and uv themselves in the virtualenv.
-	@VIRTUAL_ENV=$(VENV) $(BIN)/uv sync --frozen --inexact --active --quiet
+	@VIRTUAL_ENV=$(VENV) $(BIN)/uv sync --frozen --inexact --active --quiet --compile-bytecode
 	@touch $@
 
 setup: $(STAMP)
@@ -28,6 +29,11 @@ run: setup
 	@$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	@echo "FlashSend: API on http://127.0.0.1:8000 (docs /api/docs/, admin /admin/). Ctrl-C stops all."
 	@$(BIN)/honcho --no-colour -f Procfile start
+
+demo: setup
+	@$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	@echo "FlashSend demo: providers are local fakes (Twilio :8025, Vonage :8026, SMTP :1025)."
+	@$(BIN)/honcho --no-colour -f Procfile.demo -e deploy/demo.env start
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 @worker_init.connect
-def _declare_topology(**kwargs: Any) -> None:
-    """A worker declares the whole topology, dead-letter queue included, on start.
+def _prepare_worker(**kwargs: Any) -> None:
+    """On start a worker declares the whole topology and loads the provider SDKs.
 
     Celery itself declares only the queues a worker consumes; without this the DLX
     and flashsend.dead would not exist until someone ran flashsend_setup, and dead
@@ -29,9 +29,11 @@ def _declare_topology(**kwargs: Any) -> None:
     from django.conf import settings
 
     from flashsend import topology
+    from notifications.providers import registry
 
     try:
         with app.connection_for_write() as connection:
             topology.declare_all(connection, quorum=settings.RABBITMQ_QUORUM_QUEUES)
     except Exception:
         logger.exception("could not declare the broker topology at worker start")
+    registry.preload()

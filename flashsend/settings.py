@@ -116,6 +116,8 @@ def _database() -> dict[str, Any]:
             )
         except ValueError as exc:
             raise ConfigError(f"DATABASE_URL is not a database URL: {exc}") from None
+        if config["ENGINE"].endswith("postgresql") and env_bool("DB_POOL", True):
+            _use_connection_pool(config)
         return config
     # Embedded default. WAL lets readers and the single writer overlap, IMMEDIATE
     # takes the write lock at BEGIN (a deferred transaction that upgrades later
@@ -129,6 +131,24 @@ def _database() -> dict[str, Any]:
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
+    }
+
+
+def _use_connection_pool(config: dict[str, Any]) -> None:
+    """psycopg's pool, shared by the threads of a process.
+
+    A thread-pool worker runs dozens of tasks at once; with a connection per thread
+    it would exhaust PostgreSQL's max_connections. Tasks hand their connection back
+    while they wait on a provider, so a small pool serves many threads.
+    """
+    config["CONN_MAX_AGE"] = 0  # Django requires it with a pool: the pool keeps them
+    # With a pool, Django turns this into psycopg's check on every checkout, so a
+    # database restart costs the next query nothing but a reconnect.
+    config["CONN_HEALTH_CHECKS"] = True
+    config.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DB_POOL_MIN_SIZE", 1, minimum=0),
+        "max_size": env_int("DB_POOL_MAX_SIZE", 16, minimum=1),
+        "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),
     }
 
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from enum import Enum
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications import lifecycle
@@ -41,14 +42,30 @@ class DeliveryResult:
 
 def notification_deliver(*, notification_id: int) -> DeliveryResult:
     lease = timedelta(seconds=settings.DELIVERY_CLAIM_LEASE_SECONDS)
-    if not lifecycle.claim(notification_id, lease=lease):
+    notification = lifecycle.claim(notification_id, lease=lease)
+    if notification is None:
         # Redelivered or duplicate message: the row says it is done, canceled or
         # in another worker's hands. Acknowledge without calling any provider.
         return DeliveryResult(Verdict.SKIPPED)
-    notification = Notification.objects.get(id=notification_id)
+    _release_database_connection()
     outcome = send_with_failover(registry.chain_for(notification.channel), _message(notification))
-    _record_attempts(notification, outcome.attempts)
-    return _conclude(notification, outcome)
+    # The attempts and the verdict commit together: a row never says "sent"
+    # without the attempt that sent it, nor the other way round.
+    with transaction.atomic():
+        _record_attempts(notification, outcome.attempts)
+        return _conclude(notification, outcome)
+
+
+def _release_database_connection() -> None:
+    """Give the connection back to the pool while the providers are called.
+
+    A provider call takes tens of milliseconds to seconds; holding a pooled
+    connection through it would make the pool, not the providers, the limit on how
+    many deliveries run at once. Without a pool the connection is kept: reopening
+    it would cost more than it saves.
+    """
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()
 
 
 def _message(notification: Notification) -> OutboundMessage:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from django.db.models import F, Q
+from django.db import connection
 from django.utils import timezone
 
 from notifications.models import Notification, Status
@@ -22,27 +22,40 @@ def _now() -> datetime:
     return timezone.now()
 
 
-def claim(notification_id: int, *, lease: timedelta) -> bool:
+def claim(notification_id: int, *, lease: timedelta) -> Notification | None:
     """queued/retrying -> processing, or take over a claim whose worker died.
 
-    A processing row whose claim is older than the lease belongs to a worker that
-    was killed mid-task (its message comes back through redelivery or the sweeper).
-    The lease is longer than the task's hard time limit, so a live worker never
-    loses its row this way.
+    Returns the claimed row, or None when another worker, a cancel or an earlier
+    delivery got there first. A processing row whose claim is older than the lease
+    belongs to a worker that was killed mid-task (its message comes back through
+    redelivery or the sweeper); the lease is longer than the task's hard time limit,
+    so a live worker never loses its row this way.
+
+    One statement (UPDATE ... RETURNING, on PostgreSQL and SQLite alike) both wins
+    the row and reads it: this runs once per delivery, on the hot path.
     """
     now = _now()
-    updated = (
-        Notification.objects.filter(id=notification_id)
-        .filter(Q(status__in=CLAIMABLE) | Q(status=Status.PROCESSING, claimed_at__lt=now - lease))
-        .update(
-            status=Status.PROCESSING,
-            claimed_at=now,
-            attempt_count=F("attempt_count") + 1,
-            next_attempt_at=None,
-            updated_at=now,
-        )
+    ops = connection.ops
+    table = ops.quote_name(Notification._meta.db_table)
+    stamp = ops.adapt_datetimefield_value(now)
+    cutoff = ops.adapt_datetimefield_value(now - lease)
+    sql = (
+        f"UPDATE {table} SET status = %s, claimed_at = %s, attempt_count = attempt_count + 1, "  # noqa: S608 - only the quoted table name is interpolated
+        "next_attempt_at = NULL, updated_at = %s "
+        "WHERE id = %s AND (status IN (%s, %s) OR (status = %s AND claimed_at < %s)) "
+        "RETURNING *"
     )
-    return updated == 1
+    params = [
+        Status.PROCESSING.value,
+        stamp,
+        stamp,
+        notification_id,
+        *(status.value for status in CLAIMABLE),
+        Status.PROCESSING.value,
+        cutoff,
+    ]
+    rows = list(Notification.objects.raw(sql, params))
+    return rows[0] if rows else None
 
 
 def mark_sent(notification_id: int, *, provider: str, provider_message_id: str) -> bool:

@@ -89,6 +89,8 @@ def _manage(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )
 
 
+SHELL = ("shell", "--no-imports", "-c")
+
 REPORT = (
     "from django.conf import settings; from django.db import connection; "
     "c = connection.cursor(); c.execute('PRAGMA journal_mode'); "
@@ -143,3 +145,21 @@ def test_env_file_is_read(tmp_path: Path) -> None:
     result = _manage(environ, "shell", "--no-imports", "-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3.0"
+
+
+POOL = (
+    "from django.conf import settings; d = settings.DATABASES['default']; "
+    "print(d['ENGINE'], d['CONN_MAX_AGE'], d.get('OPTIONS', {}).get('pool'))"
+)
+
+
+def test_postgresql_uses_a_connection_pool_by_default(tmp_path: Path) -> None:
+    url = "postgres://flashsend:secret@db.example:5432/flashsend"
+    result = _manage(_clean_env(tmp_path, DATABASE_URL=url, DB_POOL_MAX_SIZE="24"), *SHELL, POOL)
+    assert result.returncode == 0, result.stderr
+    engine, max_age, pool = result.stdout.split(" ", 2)
+    assert engine == "django.db.backends.postgresql"
+    assert max_age == "0"
+    assert "'max_size': 24" in pool
+    without = _manage(_clean_env(tmp_path, DATABASE_URL=url, DB_POOL="0"), *SHELL, POOL)
+    assert without.stdout.split(" ", 2)[2].strip() == "None"

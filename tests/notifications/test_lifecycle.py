@@ -1,0 +1,109 @@
+"""Every transition is a conditional UPDATE that says whether it won the row."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import User
+from notifications import lifecycle
+from notifications.models import Notification, Status
+
+pytestmark = pytest.mark.django_db
+
+LEASE = timedelta(minutes=5)
+
+
+def _row(user: User, **fields: Any) -> Notification:
+    values: dict[str, Any] = {"channel": "sms", "recipient": "+14155552671", "body": "hi"}
+    values.update(fields)
+    return Notification.objects.create(owner=user, **values)
+
+
+@pytest.mark.parametrize("start", [Status.QUEUED, Status.RETRYING])
+def test_claim_takes_a_claimable_row_once(user: User, start: str) -> None:
+    row = _row(user, status=start, next_attempt_at=timezone.now())
+    claimed = lifecycle.claim(row.id, lease=LEASE)
+    assert claimed is not None
+    assert claimed.id == row.id
+    assert (claimed.status, claimed.attempt_count, claimed.next_attempt_at) == (
+        Status.PROCESSING,
+        1,
+        None,
+    )
+    assert claimed.recipient == "+14155552671"  # the whole row comes back
+    assert claimed.claimed_at is not None
+    assert lifecycle.claim(row.id, lease=LEASE) is None  # a second claimer loses
+
+
+@pytest.mark.parametrize(
+    "final",
+    [Status.SENT, Status.FAILED, Status.DEAD, Status.CANCELED, Status.SCHEDULED],
+)
+def test_claim_refuses_rows_not_waiting_for_delivery(user: User, final: str) -> None:
+    row = _row(user, status=final)
+    assert lifecycle.claim(row.id, lease=LEASE) is None
+    row.refresh_from_db()
+    assert row.status == final
+    assert row.attempt_count == 0
+
+
+def test_claim_takes_over_a_dead_workers_row_only_after_the_lease(user: User) -> None:
+    fresh = _row(user, status=Status.PROCESSING, claimed_at=timezone.now())
+    stale = _row(user, status=Status.PROCESSING, claimed_at=timezone.now() - 2 * LEASE)
+    assert lifecycle.claim(fresh.id, lease=LEASE) is None
+    taken = lifecycle.claim(stale.id, lease=LEASE)
+    assert taken is not None
+    assert taken.attempt_count == 1
+
+
+def test_claim_of_a_missing_row_is_none(db: Any) -> None:
+    assert lifecycle.claim(987654, lease=LEASE) is None
+
+
+def test_transitions_leave_processing_only(user: User) -> None:
+    row = _row(user, status=Status.QUEUED)
+    # Not claimed yet: no transition out of processing can win.
+    assert not lifecycle.mark_sent(row.id, provider="twilio", provider_message_id="SM1")
+    assert not lifecycle.mark_failed(row.id, error="x")
+    lifecycle.claim(row.id, lease=LEASE)
+    assert lifecycle.mark_sent(row.id, provider="twilio", provider_message_id="SM1")
+    assert not lifecycle.mark_dead(row.id, error="late")  # the first verdict stands
+    row.refresh_from_db()
+    assert (row.status, row.provider, row.provider_message_id) == (Status.SENT, "twilio", "SM1")
+    assert row.sent_at is not None
+    assert row.finished_at is not None
+
+
+def test_retrying_records_error_and_next_attempt(user: User) -> None:
+    row = _row(user)
+    lifecycle.claim(row.id, lease=LEASE)
+    when = timezone.now() + timedelta(seconds=30)
+    assert lifecycle.mark_retrying(row.id, error="twilio: 503", next_attempt_at=when)
+    row.refresh_from_db()
+    assert (row.status, row.last_error, row.next_attempt_at) == (
+        Status.RETRYING,
+        "twilio: 503",
+        when,
+    )
+
+
+def test_mark_published_only_once(user: User) -> None:
+    row = _row(user)
+    assert lifecycle.mark_published([row.id]) == 1
+    first = Notification.objects.get(id=row.id).published_at
+    assert lifecycle.mark_published([row.id]) == 0
+    assert Notification.objects.get(id=row.id).published_at == first
+
+
+def test_release_stale_claims(user: User) -> None:
+    stale = _row(user, status=Status.PROCESSING, claimed_at=timezone.now() - 2 * LEASE)
+    live = _row(user, status=Status.PROCESSING, claimed_at=timezone.now())
+    assert lifecycle.release_stale_claims(lease=LEASE) == [stale.id]
+    stale.refresh_from_db()
+    assert (stale.status, stale.published_at, stale.claimed_at) == (Status.QUEUED, None, None)
+    live.refresh_from_db()
+    assert live.status == Status.PROCESSING
