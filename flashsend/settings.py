@@ -333,8 +333,9 @@ DELIVERY_RETRY_BACKOFF_MAX_SECONDS = env_float(
 )
 # Every provider call gives up after this long.
 PROVIDER_TIMEOUT_SECONDS = env_float("PROVIDER_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=120.0)
-# A task is killed after this long; the claim lease is longer, so a live worker never
-# has its row taken over, while a killed worker's row is recovered.
+# A task is killed after this long (prefork enforces it; under the thread pool the
+# per-call provider timeouts bound a task instead). The claim lease is longer, so a
+# live worker never has its row taken over, while a killed worker's row is recovered.
 DELIVERY_TASK_TIME_LIMIT_SECONDS = env_int("DELIVERY_TASK_TIME_LIMIT_SECONDS", 120, minimum=5)
 DELIVERY_CLAIM_LEASE_SECONDS = env_int(
     "DELIVERY_CLAIM_LEASE_SECONDS", 300, minimum=DELIVERY_TASK_TIME_LIMIT_SECONDS + 1

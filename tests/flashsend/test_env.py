@@ -163,3 +163,51 @@ def test_postgresql_uses_a_connection_pool_by_default(tmp_path: Path) -> None:
     assert "'max_size': 24" in pool
     without = _manage(_clean_env(tmp_path, DATABASE_URL=url, DB_POOL="0"), *SHELL, POOL)
     assert without.stdout.split(" ", 2)[2].strip() == "None"
+
+
+# Each transaction reads, then writes: the pattern that makes SQLite answer "database
+# is locked" at once when two deferred transactions both try to upgrade to writing.
+WRITER = """
+from django.db import transaction
+from accounts.models import User
+from notifications.models import Notification as N
+owner = User.objects.get(email="w@example.com")
+for i in range(150):
+    with transaction.atomic():
+        N.objects.filter(owner=owner).count()
+        row = N.objects.create(owner=owner, channel="sms", recipient="+14155552671", body=str(i))
+        N.objects.filter(id=row.id).update(status="sent")
+print("ok")
+"""
+
+
+def test_embedded_sqlite_takes_concurrent_writers(tmp_path: Path) -> None:
+    """Web, worker and beat share one SQLite file without "database is locked"."""
+    environ = _clean_env(tmp_path)
+    migrate = _manage(environ, "migrate", "--noinput")
+    assert migrate.returncode == 0, migrate.stderr
+    _manage(
+        environ,
+        *SHELL,
+        "from accounts.models import User; User.objects.create(email='w@example.com')",
+    )
+    writers = [
+        subprocess.Popen(  # noqa: S603 - our own manage.py with fixed arguments
+            [sys.executable, "manage.py", *SHELL, WRITER],
+            cwd=ROOT,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [writer.communicate(timeout=120) for writer in writers]
+    for (stdout, stderr), writer in zip(outputs, writers, strict=True):
+        assert writer.returncode == 0, stderr
+        assert stdout.strip() == "ok"
+    sent = (
+        "from notifications.models import Notification as N; "
+        "print(N.objects.filter(status='sent').count())"
+    )
+    assert _manage(environ, *SHELL, sent).stdout.strip() == "450"
