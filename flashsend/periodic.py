@@ -23,6 +23,11 @@ class Periodic:
 def periodic_tasks() -> list[Periodic]:
     return [
         Periodic(
+            name="Dispatch due scheduled notifications",
+            task="notifications.dispatch_due",
+            seconds=settings.SCHEDULER_INTERVAL_SECONDS,
+        ),
+        Periodic(
             name="Re-publish notifications the broker never got",
             task="notifications.sweep",
             seconds=settings.SWEEPER_INTERVAL_SECONDS,

@@ -344,6 +344,13 @@ DELIVERY_CLAIM_LEASE_SECONDS = env_int(
 SWEEPER_INTERVAL_SECONDS = env_float("SWEEPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
 SWEEPER_GRACE_SECONDS = env_float("SWEEPER_GRACE_SECONDS", 10.0, minimum=0.0)
 SWEEPER_BATCH_SIZE = env_int("SWEEPER_BATCH_SIZE", 500, minimum=1)
+# Scheduling: how often celery-beat runs the scan for due rows, how many rows one
+# transaction dispatches, and how long one scan may go on before leaving the rest
+# to the next.
+SCHEDULER_INTERVAL_SECONDS = env_float("SCHEDULER_INTERVAL_SECONDS", 5.0, minimum=1.0)
+SCHEDULER_BATCH_SIZE = env_int("SCHEDULER_BATCH_SIZE", 500, minimum=1, maximum=10_000)
+SCHEDULER_RUN_BUDGET_SECONDS = env_float("SCHEDULER_RUN_BUDGET_SECONDS", 30.0, minimum=1.0)
+SCHEDULE_MAX_AHEAD_DAYS = env_int("SCHEDULE_MAX_AHEAD_DAYS", 365, minimum=1)
 SMS_MAX_LENGTH = 1600
 EMAIL_BODY_MAX_LENGTH = env_int("EMAIL_BODY_MAX_LENGTH", 100_000, minimum=1)
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 4096, minimum=2)

@@ -131,3 +131,49 @@ def release_stale_claims(*, lease: timedelta) -> list[int]:
         id__in=stale, status=Status.PROCESSING, claimed_at__lt=cutoff
     ).update(status=Status.QUEUED, published_at=None, claimed_at=None, updated_at=_now())
     return stale
+
+
+def dispatch_due(*, batch_size: int) -> list[tuple[int, str]]:
+    """scheduled -> queued for up to ``batch_size`` due rows; returns (id, queue) pairs.
+
+    Run inside a transaction. ``SKIP LOCKED`` lets several scanners share the work
+    without waiting on each other, and the conditional UPDATE (status still
+    scheduled) keeps a row from being dispatched twice even where the database
+    has no row locks (SQLite serialises writers instead).
+    """
+    now = _now()
+    due = list(
+        Notification.objects.select_for_update(skip_locked=True)
+        .filter(status=Status.SCHEDULED, scheduled_at__lte=now)
+        .order_by("scheduled_at")
+        .values_list("id", "channel", "priority")[:batch_size]
+    )
+    if not due:
+        return []
+    ids = [row[0] for row in due]
+    Notification.objects.filter(id__in=ids, status=Status.SCHEDULED).update(
+        status=Status.QUEUED, dispatched_at=now, updated_at=now
+    )
+    return [
+        (notification_id, f"{channel}.{priority}") for notification_id, channel, priority in due
+    ]
+
+
+CANCELABLE = (Status.SCHEDULED, Status.QUEUED)
+
+
+def cancel(notification_id: int) -> bool:
+    """scheduled/queued -> canceled. A queued row's message may still be in a queue:
+    the claim refuses canceled rows, so it is acknowledged without a send."""
+    now = _now()
+    updated = Notification.objects.filter(id=notification_id, status__in=CANCELABLE).update(
+        status=Status.CANCELED, finished_at=now, updated_at=now
+    )
+    return updated == 1
+
+
+def reschedule(notification_id: int, *, scheduled_at: datetime) -> bool:
+    updated = Notification.objects.filter(id=notification_id, status=Status.SCHEDULED).update(
+        scheduled_at=scheduled_at, updated_at=_now()
+    )
+    return updated == 1

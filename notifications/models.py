@@ -93,6 +93,12 @@ class Notification(models.Model):
         indexes: ClassVar = [
             models.Index(fields=["owner", "-created_at", "-id"], name="notif_owner_created"),
             models.Index(fields=["status", "updated_at"], name="notif_status_updated"),
+            # The scheduler's scan: due rows come first, future rows are never read.
+            models.Index(
+                fields=["scheduled_at"],
+                name="notif_due",
+                condition=models.Q(status="scheduled"),
+            ),
             models.Index(
                 fields=["created_at"],
                 name="notif_unpublished",

@@ -13,9 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 
+from flashsend.celery import app as celery_app
 from notifications import lifecycle
 from notifications.models import Notification
 
@@ -43,7 +45,7 @@ def _note_success() -> None:
     _BrokerHealth.down_until = 0.0
 
 
-def publish_one(notification_id: int, queue: str) -> bool:
+def publish_one(notification_id: int, queue: str, producer: Any = None) -> bool:
     """Publish the delivery task; True when the broker accepted it."""
     from notifications.tasks import deliver_notification
 
@@ -55,6 +57,7 @@ def publish_one(notification_id: int, queue: str) -> bool:
             routing_key=queue,
             retry=True,
             retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
+            producer=producer,
         )
     except Exception as exc:  # any broker failure: the sweeper will publish it
         _note_failure()
@@ -76,9 +79,19 @@ def publish_after_commit(notification: Notification) -> None:
 def publish_many(rows: Iterable[tuple[int, str]]) -> list[int]:
     """Publish (id, queue) pairs, stopping at the first broker failure."""
     published: list[int] = []
-    for notification_id, queue in rows:
-        if not publish_one(notification_id, queue):
-            break
-        published.append(notification_id)
+    rows = list(rows)
+    if not rows:
+        return published
+    try:
+        # One producer (one channel) for the whole batch instead of a pool checkout
+        # per message: the scheduler and the sweeper publish thousands at a time.
+        with celery_app.producer_or_acquire() as producer:
+            for notification_id, queue in rows:
+                if not publish_one(notification_id, queue, producer):
+                    break
+                published.append(notification_id)
+    except Exception as exc:  # acquiring the producer failed: the broker is away
+        _note_failure()
+        logger.warning("publishing %d notifications failed: %s", len(rows), exc)
     lifecycle.mark_published(published)
     return published

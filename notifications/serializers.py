@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone as django_timezone
 from rest_framework import serializers
 
 from flashsend.api.serializers import StrictSerializer
 from notifications.models import Channel, DeliveryAttempt, Notification, Priority, Status
+from notifications.schedule_time import FORMATS_HELP, ScheduleTimeError, parse_schedule_time
 from notifications.validation import normalize_email, normalize_phone
 
 
@@ -55,6 +58,77 @@ class SendInput(StrictSerializer):
         if errors:
             raise serializers.ValidationError(errors)
         return attrs
+
+
+class _WhenMixin:
+    """Reads ``scheduleAt`` (the seed's name) or ``scheduled_at``, plus ``timezone``."""
+
+    def _scheduled_at(self, attrs: dict[str, Any]) -> datetime:
+        camel, snake = attrs.pop("scheduleAt", None), attrs.pop("scheduled_at", None)
+        zone = attrs.pop("timezone", None)
+        if camel is not None and snake is not None:
+            raise serializers.ValidationError(
+                {"scheduleAt": f"Send scheduleAt or scheduled_at, not both. {FORMATS_HELP}"}
+            )
+        raw = camel if camel is not None else snake
+        if raw is None:
+            raise serializers.ValidationError(
+                {"scheduleAt": f"This field is required. {FORMATS_HELP}"}
+            )
+        try:
+            when = parse_schedule_time(raw, zone_name=zone)
+        except ScheduleTimeError as exc:
+            raise serializers.ValidationError({exc.field: str(exc)}) from None
+        now = django_timezone.now()
+        if when <= now:
+            raise serializers.ValidationError(
+                {
+                    "scheduleAt": f"{raw!r} is {when:%Y-%m-%d %H:%M:%S} UTC: must be in the "
+                    f"future. {FORMATS_HELP}"
+                }
+            )
+        limit = now + timedelta(days=settings.SCHEDULE_MAX_AHEAD_DAYS)
+        if when > limit:
+            raise serializers.ValidationError(
+                {
+                    "scheduleAt": f"Is more than {settings.SCHEDULE_MAX_AHEAD_DAYS} days ahead "
+                    f"(the latest accepted now is {limit:%Y-%m-%d %H:%M} UTC). {FORMATS_HELP}"
+                }
+            )
+        return when
+
+
+class ScheduleInput(_WhenMixin, SendInput):
+    scheduleAt = serializers.CharField(required=False, max_length=64)  # noqa: N815 - the seed's name
+    scheduled_at = serializers.CharField(required=False, max_length=64)
+    timezone = serializers.CharField(required=False, max_length=64, allow_blank=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        attrs["scheduled_at"] = self._scheduled_at(attrs)
+        return attrs
+
+
+class RescheduleInput(_WhenMixin, StrictSerializer):
+    scheduleAt = serializers.CharField(required=False, max_length=64)  # noqa: N815 - the seed's name
+    scheduled_at = serializers.CharField(required=False, max_length=64)
+    timezone = serializers.CharField(required=False, max_length=64, allow_blank=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {"scheduled_at": self._scheduled_at(attrs)}
+
+
+class ErrorOutput(serializers.Serializer[Any]):
+    error = serializers.CharField()
+    code = serializers.CharField()
+    current_status = serializers.CharField(required=False)
+
+
+class ScheduledOutput(serializers.Serializer[Any]):
+    message = serializers.CharField()
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    scheduled_at = serializers.DateTimeField()
 
 
 class AttemptOutput(serializers.ModelSerializer[DeliveryAttempt]):

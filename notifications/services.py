@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from apikeys.models import ApiKey
+from flashsend.api.errors import Conflict
 from notifications import lifecycle, publishing
 from notifications.models import Notification, Status
 
@@ -48,6 +50,82 @@ def notification_send(
         # on_commit: a worker must never receive an id whose row it cannot see yet.
         transaction.on_commit(partial(publishing.publish_after_commit, notification))
     return notification
+
+
+def notification_schedule(
+    *,
+    owner: User,
+    api_key: ApiKey | None,
+    scheduled_at: datetime,
+    channel: str,
+    to: str,
+    body: str,
+    subject: str = "",
+    priority: str = "medium",
+    metadata: dict[str, Any] | None = None,
+) -> Notification:
+    """Store a notification for later; the scheduler dispatches it when it is due."""
+    return Notification.objects.create(
+        owner=owner,
+        api_key=api_key,
+        channel=channel,
+        recipient=to,
+        subject=subject,
+        body=body,
+        priority=priority,
+        metadata=metadata or {},
+        status=Status.SCHEDULED,
+        scheduled_at=scheduled_at,
+    )
+
+
+def notification_dispatch_due() -> list[int]:
+    """Queue every due scheduled notification, a batch per transaction.
+
+    Each batch is published after its transaction commits; a publish that fails
+    leaves the rows queued and unpublished, for the sweeper. Stops after a time
+    budget so one run never overlaps the next by much; what is left is due next run.
+    """
+    dispatched: list[int] = []
+    deadline = time.monotonic() + settings.SCHEDULER_RUN_BUDGET_SECONDS
+    while time.monotonic() < deadline:
+        with transaction.atomic():
+            batch = lifecycle.dispatch_due(batch_size=settings.SCHEDULER_BATCH_SIZE)
+            transaction.on_commit(partial(publishing.publish_many, batch))
+        dispatched.extend(notification_id for notification_id, _ in batch)
+        if len(batch) < settings.SCHEDULER_BATCH_SIZE:
+            break
+    if dispatched:
+        logger.info("scheduler: dispatched %d due notifications", len(dispatched))
+    return dispatched
+
+
+def notification_cancel(*, notification: Notification) -> Notification:
+    if not lifecycle.cancel(notification.pk):
+        notification.refresh_from_db()
+        raise NotificationStateError(notification, "canceled")
+    notification.refresh_from_db()
+    return notification
+
+
+def notification_reschedule(*, notification: Notification, scheduled_at: datetime) -> Notification:
+    if not lifecycle.reschedule(notification.pk, scheduled_at=scheduled_at):
+        notification.refresh_from_db()
+        raise NotificationStateError(notification, "rescheduled")
+    notification.refresh_from_db()
+    return notification
+
+
+class NotificationStateError(Conflict):
+    default_code = "invalid_state"
+
+    def __init__(self, notification: Notification, action: str) -> None:
+        allowed = "scheduled or queued" if action == "canceled" else "scheduled"
+        super().__init__(
+            f"Notification {notification.pk} is {notification.status}; only a {allowed} "
+            f"notification can be {action}."
+        )
+        self.current_status = notification.status
 
 
 @dataclass(frozen=True)

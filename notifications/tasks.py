@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from notifications.delivery import Verdict, notification_deliver
-from notifications.services import notification_sweep
+from notifications.services import notification_dispatch_due, notification_sweep
 
 
 @shared_task(
@@ -49,3 +49,8 @@ def sweep_notifications() -> dict[str, int]:
         "republished": report.republished,
         "retries_republished": report.retries_republished,
     }
+
+
+@shared_task(name="notifications.dispatch_due", ignore_result=True, acks_late=False)
+def dispatch_due_notifications() -> int:
+    return len(notification_dispatch_due())

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -13,10 +14,14 @@ from accounts.models import User
 from apikeys.models import ApiKey
 from notifications import selectors, services
 from notifications.serializers import (
+    ErrorOutput,
     HistoryFilterInput,
     NotificationDetailOutput,
     NotificationOutput,
     QueuedOutput,
+    RescheduleInput,
+    ScheduledOutput,
+    ScheduleInput,
     SendInput,
 )
 
@@ -47,6 +52,40 @@ class SendView(APIView):
             },
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+class ScheduleView(APIView):
+    @extend_schema(
+        request=ScheduleInput,
+        responses={201: ScheduledOutput},
+        summary="Schedule an SMS or email for later",
+        description=(
+            "`scheduleAt` (or `scheduled_at`): `2025-02-20 18:30` (24-hour, seconds optional) "
+            "with an optional `UTC`/`GMT`/`Z` or offset such as `+05:30`, or ISO 8601. "
+            "`timezone` (IANA, e.g. `Asia/Kolkata`) applies to a time written without a zone; "
+            "the default is UTC."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = ScheduleInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        api_key = request.auth if isinstance(request.auth, ApiKey) else None
+        notification = services.notification_schedule(
+            owner=_user(request), api_key=api_key, **data.validated_data
+        )
+        return Response(
+            {
+                "message": "Scheduled notification created",
+                "id": notification.pk,
+                "status": notification.status,
+                "scheduled_at": _iso(notification.scheduled_at),
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
 class HistoryPagination(CursorPagination):
@@ -84,4 +123,36 @@ class NotificationDetailView(APIView):
         notification = selectors.notification_get(
             owner=_user(request), notification_id=int(notification_id)
         )
+        return Response(NotificationDetailOutput(notification).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("notification_id", int, OpenApiParameter.PATH)],
+        request=RescheduleInput,
+        responses={200: NotificationDetailOutput, 409: ErrorOutput},
+        summary="Move a scheduled notification to another time",
+    )
+    def patch(self, request: Request, notification_id: int) -> Response:
+        notification = selectors.notification_get(
+            owner=_user(request), notification_id=int(notification_id)
+        )
+        data = RescheduleInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        notification = services.notification_reschedule(
+            notification=notification, **data.validated_data
+        )
+        return Response(NotificationDetailOutput(notification).data)
+
+
+class NotificationCancelView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("notification_id", int, OpenApiParameter.PATH)],
+        request=None,
+        responses={200: NotificationDetailOutput, 409: ErrorOutput},
+        summary="Cancel a scheduled notification, or a queued one no worker has claimed",
+    )
+    def post(self, request: Request, notification_id: int) -> Response:
+        notification = selectors.notification_get(
+            owner=_user(request), notification_id=int(notification_id)
+        )
+        notification = services.notification_cancel(notification=notification)
         return Response(NotificationDetailOutput(notification).data)

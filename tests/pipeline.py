@@ -42,6 +42,12 @@ def purge_queues() -> None:
                 channel.queue_purge(name)
 
 
+def queue_depth(name: str) -> int:
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        return int(channel.queue_declare(name, passive=True).message_count)
+
+
 def dead_letters() -> list[dict[str, Any]]:
     """Read (and acknowledge) everything in flashsend.dead."""
     found: list[dict[str, Any]] = []

@@ -48,6 +48,9 @@ def _plain_body(exc: Exception, data: Any) -> dict[str, Any]:
         code = codes if isinstance(codes, str) else exc.default_code
     message = data.get("detail", data) if isinstance(data, dict) else data
     body: dict[str, Any] = {"error": str(message), "code": str(code)}
+    current_status = getattr(exc, "current_status", None)
+    if current_status is not None:
+        body["current_status"] = str(current_status)
     wait = getattr(exc, "wait", None) if isinstance(exc, exceptions.Throttled) else None
     if wait is not None:
         body["retry_after"] = max(1, int(wait))

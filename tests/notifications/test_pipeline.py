@@ -15,11 +15,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from flashsend import topology
-from flashsend.celery import app
 from notifications.models import AttemptOutcome, Notification, Status
 from notifications.publishing import publish_one
 from notifications.services import notification_sweep
-from tests.pipeline import dead_letters, purge_queues, running_worker, wait_for
+from tests.pipeline import dead_letters, purge_queues, queue_depth, running_worker, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -179,18 +178,12 @@ def test_redelivered_message_does_not_resend(
     # The same task again, as a broker redelivery or a duplicate publish would bring it.
     for _ in range(3):
         assert publish_one(notification_id, "sms.medium")
-    wait_for(lambda: _queue_depth("sms.medium") == 0)
+    wait_for(lambda: queue_depth("sms.medium") == 0)
     time.sleep(0.3)
     assert len(providers["twilio"].messages("twilio")) == 1
     row = Notification.objects.get(id=notification_id)
     assert row.attempt_count == 1
     assert row.attempts.count() == 1
-
-
-def _queue_depth(name: str) -> int:
-    with app.connection_for_write() as connection:
-        channel: Any = connection.default_channel
-        return int(channel.queue_declare(name, passive=True).message_count)
 
 
 def test_priority_high_overtakes_a_low_backlog(
@@ -239,3 +232,85 @@ def test_broker_down_at_accept_is_still_delivered(
     row = _final(notification_id, Status.SENT, timeout=60)
     assert row.published_at is not None
     assert len(providers["twilio"].messages("twilio")) == 1
+
+
+def test_canceled_notification_is_never_sent_though_its_message_is_queued(
+    jwt_client: APIClient, providers: Any, transactional_db: Any
+) -> None:
+    purge_queues()
+    notification_id = _send(jwt_client, SMS)
+    assert queue_depth("sms.medium") == 1
+    response = jwt_client.post(f"/api/notifications/{notification_id}/cancel")
+    assert response.status_code == 200
+    with running_worker():
+        wait_for(lambda: queue_depth("sms.medium") == 0)
+        time.sleep(0.3)
+    row = Notification.objects.get(id=notification_id)
+    assert row.status == Status.CANCELED
+    assert row.attempts.count() == 0
+    assert providers["twilio"].requests() == []
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def test_beat_dispatches_a_scheduled_notification_to_a_worker(
+    jwt_client: APIClient, providers: Any, transactional_db: Any, settings: Any, tmp_path: Any
+) -> None:
+    """The whole scheduled path: API -> row -> celery-beat (database scheduler, a real
+    process) -> dispatch task -> sms queue -> worker -> provider."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.core.management import call_command
+
+    purge_queues()
+    settings.SCHEDULER_INTERVAL_SECONDS = 1
+    call_command("flashsend_setup", "--skip-broker", verbosity=0)
+    when = (timezone.now() + timedelta(seconds=3)).strftime("%Y-%m-%d %H:%M:%S")
+    response = jwt_client.post("/api/notify/schedule", {**SMS, "scheduleAt": when}, format="json")
+    assert response.status_code == 201, response.content
+    notification_id = response.json()["id"]
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "DATABASE_URL": _test_database_url(),
+        "FLASHSEND_VAR_DIR": str(tmp_path),
+        "LOG_LEVEL": "WARNING",
+    }
+    beat = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "flashsend",
+            "beat",
+            "--scheduler",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+            "--pidfile=",
+            "--loglevel",
+            "WARNING",
+            "--max-interval",
+            "1",
+        ],
+        cwd=root,
+        env=env,
+    )
+    try:
+        with running_worker():
+            row = _final(notification_id, Status.SENT, timeout=45)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+    assert row.dispatched_at is not None
+    assert row.scheduled_at is not None
+    assert row.dispatched_at >= row.scheduled_at
+    assert row.provider == "twilio"
