@@ -60,8 +60,16 @@ class SendInput(StrictSerializer):
         return attrs
 
 
-class _WhenMixin:
-    """Reads ``scheduleAt`` (the seed's name) or ``scheduled_at``, plus ``timezone``."""
+class RescheduleInput(StrictSerializer):
+    """``scheduleAt`` (the seed's name) or ``scheduled_at``, plus ``timezone``, read
+    into one aware UTC ``scheduled_at``."""
+
+    scheduleAt = serializers.CharField(required=False, max_length=64)  # noqa: N815 - the seed's name
+    scheduled_at = serializers.CharField(required=False, max_length=64)
+    timezone = serializers.CharField(required=False, max_length=64, allow_blank=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {"scheduled_at": self._scheduled_at(attrs)}
 
     def _scheduled_at(self, attrs: dict[str, Any]) -> datetime:
         camel, snake = attrs.pop("scheduleAt", None), attrs.pop("scheduled_at", None)
@@ -98,24 +106,13 @@ class _WhenMixin:
         return when
 
 
-class ScheduleInput(_WhenMixin, SendInput):
-    scheduleAt = serializers.CharField(required=False, max_length=64)  # noqa: N815 - the seed's name
-    scheduled_at = serializers.CharField(required=False, max_length=64)
-    timezone = serializers.CharField(required=False, max_length=64, allow_blank=True)
+class ScheduleInput(SendInput, RescheduleInput):
+    """Everything ``send`` takes, plus when."""
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        attrs = super().validate(attrs)
+        attrs = SendInput.validate(self, attrs)
         attrs["scheduled_at"] = self._scheduled_at(attrs)
         return attrs
-
-
-class RescheduleInput(_WhenMixin, StrictSerializer):
-    scheduleAt = serializers.CharField(required=False, max_length=64)  # noqa: N815 - the seed's name
-    scheduled_at = serializers.CharField(required=False, max_length=64)
-    timezone = serializers.CharField(required=False, max_length=64, allow_blank=True)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        return {"scheduled_at": self._scheduled_at(attrs)}
 
 
 class ErrorOutput(serializers.Serializer[Any]):

@@ -37,15 +37,7 @@ def notification_send(
     """Store the notification and publish its task once the row is committed."""
     with transaction.atomic():
         notification = Notification.objects.create(
-            owner=owner,
-            api_key=api_key,
-            channel=channel,
-            recipient=to,
-            subject=subject,
-            body=body,
-            priority=priority,
-            metadata=metadata or {},
-            status=Status.QUEUED,
+            owner=owner, api_key=api_key, status=Status.QUEUED, **_content(locals())
         )
         # on_commit: a worker must never receive an id whose row it cannot see yet.
         transaction.on_commit(partial(publishing.publish_after_commit, notification))
@@ -68,15 +60,22 @@ def notification_schedule(
     return Notification.objects.create(
         owner=owner,
         api_key=api_key,
-        channel=channel,
-        recipient=to,
-        subject=subject,
-        body=body,
-        priority=priority,
-        metadata=metadata or {},
         status=Status.SCHEDULED,
         scheduled_at=scheduled_at,
+        **_content(locals()),
     )
+
+
+def _content(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The message fields of a send/schedule call, as model fields."""
+    return {
+        "channel": arguments["channel"],
+        "recipient": arguments["to"],
+        "subject": arguments["subject"],
+        "body": arguments["body"],
+        "priority": arguments["priority"],
+        "metadata": arguments["metadata"] or {},
+    }
 
 
 def notification_dispatch_due() -> list[int]:

@@ -97,3 +97,20 @@ def test_accepted_notification_is_published_after_commit(jwt_client: Any) -> Non
     assert response.status_code == 202
     row = Notification.objects.get(id=response.json()["id"])
     assert row.published_at is not None  # the broker (whichever is configured) took it
+
+
+def test_periodic_tasks_are_visible_and_editable_in_the_admin(client: Any, settings: Any) -> None:
+    from tests.factories import UserFactory
+
+    call_command("flashsend_setup", "--skip-broker", verbosity=0)
+    admin = UserFactory.create(is_staff=True, is_superuser=True)
+    client.force_login(admin)
+    listing = client.get("/admin/django_celery_beat/periodictask/")
+    assert listing.status_code == 200
+    page = listing.content.decode()
+    assert "Dispatch due scheduled notifications" in page
+    assert "Re-publish notifications the broker never got" in page
+    task = PeriodicTask.objects.get(task="notifications.dispatch_due")
+    edit = client.get(f"/admin/django_celery_beat/periodictask/{task.id}/change/")
+    assert edit.status_code == 200
+    assert b'name="interval"' in edit.content
