@@ -351,6 +351,8 @@ SCHEDULER_INTERVAL_SECONDS = env_float("SCHEDULER_INTERVAL_SECONDS", 5.0, minimu
 SCHEDULER_BATCH_SIZE = env_int("SCHEDULER_BATCH_SIZE", 500, minimum=1, maximum=10_000)
 SCHEDULER_RUN_BUDGET_SECONDS = env_float("SCHEDULER_RUN_BUDGET_SECONDS", 30.0, minimum=1.0)
 SCHEDULE_MAX_AHEAD_DAYS = env_int("SCHEDULE_MAX_AHEAD_DAYS", 365, minimum=1)
+# Operators' replays of dead notifications are paced to this many a second.
+REPLAY_RATE_PER_SECOND = env_float("REPLAY_RATE_PER_SECOND", 50.0, minimum=0.1)
 SMS_MAX_LENGTH = 1600
 EMAIL_BODY_MAX_LENGTH = env_int("EMAIL_BODY_MAX_LENGTH", 100_000, minimum=1)
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 4096, minimum=2)

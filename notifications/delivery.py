@@ -117,11 +117,12 @@ def _conclude(notification: Notification, outcome: ChainOutcome) -> DeliveryResu
         )
         return DeliveryResult(Verdict.SENT)
     error = _describe(outcome)
+    last_provider = outcome.attempts[-1].provider if outcome.attempts else ""
     if outcome.permanent:
-        lifecycle.mark_failed(notification.pk, error=error)
+        lifecycle.mark_failed(notification.pk, error=error, provider=last_provider)
         return DeliveryResult(Verdict.FAILED, error=error)
     if notification.attempt_count > settings.DELIVERY_MAX_RETRIES:
-        lifecycle.mark_dead(notification.pk, error=error)
+        lifecycle.mark_dead(notification.pk, error=error, provider=last_provider)
         logger.error("notification %s is dead: %s", notification.pk, error)
         return DeliveryResult(Verdict.DEAD, error=error)
     delay = backoff_seconds(notification.attempt_count)

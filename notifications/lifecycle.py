@@ -77,15 +77,21 @@ def mark_retrying(notification_id: int, *, error: str, next_attempt_at: datetime
     )
 
 
-def mark_failed(notification_id: int, *, error: str) -> bool:
+def mark_failed(notification_id: int, *, error: str, provider: str = "") -> bool:
+    """processing -> failed; ``provider`` is the one that refused the message."""
     return _leave_processing(
-        notification_id, status=Status.FAILED, last_error=error, finished_at=_now()
+        notification_id,
+        status=Status.FAILED,
+        last_error=error,
+        provider=provider,
+        finished_at=_now(),
     )
 
 
-def mark_dead(notification_id: int, *, error: str) -> bool:
+def mark_dead(notification_id: int, *, error: str, provider: str = "") -> bool:
+    """processing -> dead; ``provider`` is the last one tried."""
     return _leave_processing(
-        notification_id, status=Status.DEAD, last_error=error, finished_at=_now()
+        notification_id, status=Status.DEAD, last_error=error, provider=provider, finished_at=_now()
     )
 
 
@@ -177,3 +183,35 @@ def reschedule(notification_id: int, *, scheduled_at: datetime) -> bool:
         scheduled_at=scheduled_at, updated_at=_now()
     )
     return updated == 1
+
+
+RETRYABLE = (Status.FAILED, Status.DEAD)
+
+
+def requeue(notification_ids: Iterable[int]) -> list[int]:
+    """failed/dead -> queued, unpublished, with a fresh retry budget (operator retry).
+
+    The conditional UPDATE is what makes a replay safe to run twice or from two
+    places: a row that is already queued again, or sent, is not touched.
+    """
+    ids = list(notification_ids)
+    if not ids:
+        return []
+    eligible = list(
+        Notification.objects.filter(id__in=ids, status__in=RETRYABLE).values_list("id", flat=True)
+    )
+    now = _now()
+    Notification.objects.filter(id__in=eligible, status__in=RETRYABLE).update(
+        status=Status.QUEUED,
+        attempt_count=0,
+        next_attempt_at=None,
+        claimed_at=None,
+        published_at=None,
+        finished_at=None,
+        updated_at=now,
+    )
+    return list(
+        Notification.objects.filter(id__in=eligible, status=Status.QUEUED).values_list(
+            "id", flat=True
+        )
+    )

@@ -72,6 +72,7 @@ class Notification(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The provider that delivered it; for failed and dead rows, the last one tried.
     provider = models.CharField(max_length=32, blank=True, default="")
     provider_message_id = models.CharField(max_length=128, blank=True, default="")
 
@@ -90,9 +91,19 @@ class Notification(models.Model):
 
     class Meta:
         ordering: ClassVar = ["-created_at", "-id"]
+        permissions: ClassVar = [
+            ("retry_notification", "Can retry failed and dead notifications (and replay them)"),
+            ("cancel_notification", "Can cancel scheduled and queued notifications"),
+        ]
         indexes: ClassVar = [
             models.Index(fields=["owner", "-created_at", "-id"], name="notif_owner_created"),
-            models.Index(fields=["status", "updated_at"], name="notif_status_updated"),
+            # The admin's newest-first list, whole and by status.
+            models.Index(fields=["-created_at", "-id"], name="notif_created"),
+            models.Index(fields=["status", "-created_at", "-id"], name="notif_status_created"),
+            # The dashboard's sent-per-minute chart reads the last hour only.
+            models.Index(
+                fields=["sent_at"], name="notif_sent", condition=models.Q(sent_at__isnull=False)
+            ),
             # The scheduler's scan: due rows come first, future rows are never read.
             models.Index(
                 fields=["scheduled_at"],
@@ -137,7 +148,20 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering: ClassVar = ["started_at", "id"]
-        indexes: ClassVar = [models.Index(fields=["notification", "started_at"])]
+        indexes: ClassVar = [
+            models.Index(fields=["notification", "started_at"]),
+            # Provider success rates over the last 24 hours.
+            models.Index(fields=["started_at"], name="attempt_started"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider} {self.outcome} for #{self.notification_id}"
+
+
+class DeadLetter(Notification):
+    """The admin's dead-letter page: notifications whose retries ran out."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+        verbose_name_plural = "dead letters"

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from notifications.delivery import Verdict, notification_deliver
+from notifications.replay import notification_replay
 from notifications.services import notification_dispatch_due, notification_sweep
 
 
@@ -54,3 +55,14 @@ def sweep_notifications() -> dict[str, int]:
 @shared_task(name="notifications.dispatch_due", ignore_result=True, acks_late=False)
 def dispatch_due_notifications() -> int:
     return len(notification_dispatch_due())
+
+
+@shared_task(name="notifications.replay", ignore_result=True, acks_late=True)
+def replay_notifications(notification_ids: list[int]) -> dict[str, int | None]:
+    """Operators' retry and replay, paced (REPLAY_RATE_PER_SECOND), off the web request."""
+    report = notification_replay(notification_ids=[int(i) for i in notification_ids])
+    return {
+        "requeued": report.requeued,
+        "published": report.published,
+        "dead_letters_drained": report.dead_letters_drained,
+    }

@@ -20,6 +20,8 @@ from tests.factories import UserFactory
 
 REQUIRE_SERVICES = os.environ.get("FLASHSEND_REQUIRE_SERVICES") == "1"
 
+pytest_plugins = ["tests.provider_fixtures"]
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("services") is None:

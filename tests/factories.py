@@ -25,3 +25,42 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
 def make_api_key(user: User, name: str = "test") -> tuple[Any, str]:
     """A key created through the real service, with its clear text."""
     return apikey_services.apikey_create(user=user, name=name)
+
+
+def make_notification(owner: User, **fields: Any) -> Any:
+    """An SMS notification row with sensible defaults; ``fields`` override them."""
+    from notifications.models import Notification
+
+    values: dict[str, Any] = {"channel": "sms", "recipient": "+14155552671", "body": "hi"}
+    values.update(fields)
+    return Notification.objects.create(owner=owner, **values)
+
+
+def make_dead_notification(
+    owner: User, error: str = "twilio: Twilio 500 | vonage: Vonage HTTP error 500", **fields: Any
+) -> Any:
+    """A notification whose retries ran out, with its last failed provider call."""
+    from django.utils import timezone
+
+    from notifications.models import AttemptOutcome, DeliveryAttempt, Status
+
+    row = make_notification(
+        owner,
+        status=Status.DEAD,
+        provider="vonage",
+        last_error=error,
+        attempt_count=6,
+        finished_at=timezone.now(),
+        **fields,
+    )
+    DeliveryAttempt.objects.create(
+        notification=row,
+        round=6,
+        provider="vonage",
+        outcome=AttemptOutcome.TRANSIENT,
+        error_code="500",
+        error_message="Vonage HTTP error 500",
+        latency_ms=40,
+        started_at=timezone.now(),
+    )
+    return row

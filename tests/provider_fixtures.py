@@ -1,4 +1,5 @@
-"""Fixtures for pipeline tests: fake providers wired into the settings, and a worker."""
+"""Fixtures for pipeline tests: fake providers wired into the settings, a worker, and
+control of the local RabbitMQ. Loaded for the whole suite from tests/conftest.py."""
 
 from __future__ import annotations
 
