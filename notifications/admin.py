@@ -259,11 +259,12 @@ class DeadLetterAdmin(_NotificationAdminBase):
             raise PermissionDenied
         params = request.POST if request.method == "POST" else request.GET
         rows = self.get_queryset(request)
-        channel, provider, error = (
-            params.get("channel"),
-            params.get("provider"),
-            params.get("last_error"),
-        )
+        # The group links send channel/provider/last_error; the "replay every…" link
+        # carries the list's own filter parameters, so it replays what the list shows.
+        channel = params.get("channel") or params.get("channel__exact")
+        provider, error = params.get("provider"), params.get("last_error")
+        if params.get("priority__exact"):
+            rows = rows.filter(priority=params["priority__exact"])
         if channel:
             rows = rows.filter(channel=channel)
         if provider is not None and provider != "":
@@ -286,7 +287,12 @@ class DeadLetterAdmin(_NotificationAdminBase):
             "title": "Replay dead notifications",
             "opts": self.model._meta,
             "count": count,
-            "criteria": {"channel": channel, "provider": provider, "last_error": error},
+            "criteria": {
+                "channel": channel,
+                "priority": params.get("priority__exact"),
+                "provider": provider,
+                "last_error": error,
+            },
             "rate": _rate(),
         }
         return TemplateResponse(

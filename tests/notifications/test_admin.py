@@ -146,6 +146,11 @@ def test_replay_dry_run_counts_and_changes_nothing(admin_client: Client, user: U
     assert page.status_code == 200
     assert "3 dead notifications would be replayed" in page.content.decode()
     assert Notification.objects.filter(status=Status.DEAD).count() == 4
+    # The list's own filters carry over to "replay every dead notification matching".
+    listing = admin_client.get(DEAD, {"channel__exact": "email"}).content.decode()
+    assert "replay/?channel__exact=email" in listing
+    page = admin_client.get(f"{DEAD}replay/", {"channel__exact": "email"})
+    assert "1 dead notification would be replayed" in page.content.decode()
 
 
 def test_replay_requeues_only_failed_and_dead_and_never_twice(user: User, settings: Any) -> None:
