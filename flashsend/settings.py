@@ -263,6 +263,7 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "flashsend.api.schema.strip_optional_slash",
+        "flashsend.api.schema.document_errors",
     ],
 }
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -98,7 +98,16 @@ class HistoryPagination(CursorPagination):
 class NotificationListView(APIView):
     @extend_schema(
         parameters=[HistoryFilterInput],
-        responses={200: NotificationOutput(many=True)},
+        responses={
+            200: inline_serializer(
+                "NotificationPage",
+                {
+                    "next": serializers.URLField(allow_null=True),
+                    "previous": serializers.URLField(allow_null=True),
+                    "results": NotificationOutput(many=True),
+                },
+            )
+        },
         summary="Your notifications, newest first (cursor-paginated)",
     )
     def get(self, request: Request) -> Response:
