@@ -42,6 +42,16 @@ def purge_queues() -> None:
                 channel.queue_purge(name)
 
 
+def subprocess_database_url() -> str:
+    """The URL of the database this test run uses, for processes the test starts."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
+    return f"postgres://{db['USER']}{password}@{host}:{port}/{db['NAME']}"
+
+
 def queue_depth(name: str) -> int:
     with app.connection_for_write() as connection:
         channel: Any = connection.default_channel

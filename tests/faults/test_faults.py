@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from accounts.models import User
 from notifications.models import Notification, Status
 from notifications.publishing import publish_many
 from notifications.replay import notification_replay
 from notifications.services import notification_sweep
-from tests.pipeline import purge_queues, running_worker, wait_for
+from tests.pipeline import purge_queues, running_worker, subprocess_database_url, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -39,17 +38,10 @@ def _statuses(ids: list[int]) -> Counter[str]:
     return Counter(Notification.objects.filter(id__in=ids).values_list("status", flat=True))
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
-    return f"postgres://{db['USER']}{password}@{host}:{port}/{db['NAME']}"
-
-
 def _worker_process(settings: Any, tmp_path: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": subprocess_database_url(),
         "FLASHSEND_VAR_DIR": str(tmp_path),
         "SMS_PROVIDERS": "twilio",
         "TWILIO_BASE_URL": settings.TWILIO_BASE_URL,

@@ -18,7 +18,14 @@ from flashsend import topology
 from notifications.models import AttemptOutcome, Notification, Status
 from notifications.publishing import publish_one
 from notifications.services import notification_sweep
-from tests.pipeline import dead_letters, purge_queues, queue_depth, running_worker, wait_for
+from tests.pipeline import (
+    dead_letters,
+    purge_queues,
+    queue_depth,
+    running_worker,
+    subprocess_database_url,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -251,14 +258,6 @@ def test_canceled_notification_is_never_sent_though_its_message_is_queued(
     assert providers["twilio"].requests() == []
 
 
-def _test_database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict
-    credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def test_beat_dispatches_a_scheduled_notification_to_a_worker(
     jwt_client: APIClient, providers: Any, transactional_db: Any, settings: Any, tmp_path: Any
 ) -> None:
@@ -281,7 +280,7 @@ def test_beat_dispatches_a_scheduled_notification_to_a_worker(
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
-        "DATABASE_URL": _test_database_url(),
+        "DATABASE_URL": subprocess_database_url(),
         "FLASHSEND_VAR_DIR": str(tmp_path),
         "LOG_LEVEL": "WARNING",
     }
