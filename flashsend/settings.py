@@ -345,6 +345,11 @@ DELIVERY_CLAIM_LEASE_SECONDS = env_int(
 SWEEPER_INTERVAL_SECONDS = env_float("SWEEPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
 SWEEPER_GRACE_SECONDS = env_float("SWEEPER_GRACE_SECONDS", 10.0, minimum=0.0)
 SWEEPER_BATCH_SIZE = env_int("SWEEPER_BATCH_SIZE", 500, minimum=1)
+# The API records that a task was published in batches this often (0 = at once, in
+# the request); it must stay well under SWEEPER_GRACE_SECONDS.
+PUBLISHED_MARK_INTERVAL_SECONDS = env_float(
+    "PUBLISHED_MARK_INTERVAL_SECONDS", 0.2, minimum=0.0, maximum=5.0
+)
 # Scheduling: how often celery-beat runs the scan for due rows, how many rows one
 # transaction dispatches, and how long one scan may go on before leaving the rest
 # to the next.

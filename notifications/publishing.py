@@ -9,13 +9,16 @@ that is down.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 
 from flashsend.celery import app as celery_app
 from notifications import lifecycle
@@ -73,7 +76,60 @@ def publish_after_commit(notification: Notification) -> None:
         logger.info("broker recently failed; notification %s left to the sweeper", notification.pk)
         return
     if publish_one(notification.pk, notification.queue_name):
-        lifecycle.mark_published([notification.pk])
+        published_marks.add(notification.pk)
+
+
+class PublishedMarks:
+    """Writes ``published_at`` for the request path in batches, off the request.
+
+    One UPDATE for many rows instead of one UPDATE and commit per request. A mark
+    that is lost (the process dies before the flush) only makes the row look
+    unpublished: the sweeper publishes it again after its grace period, and the
+    claim lets a single delivery through, so nothing is lost or sent twice.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[int] = []
+        self._owner_pid: int | None = None
+        self._wake = threading.Event()
+
+    def add(self, notification_id: int) -> None:
+        if settings.PUBLISHED_MARK_INTERVAL_SECONDS <= 0:
+            lifecycle.mark_published([notification_id])
+            return
+        with self._lock:
+            self._pending.append(notification_id)
+            self._ensure_flusher()
+
+    def flush(self) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+        try:
+            return lifecycle.mark_published(pending)
+        except Exception:  # the marks are an optimisation; the sweeper covers a loss
+            logger.exception("could not record %d published marks", len(pending))
+            return 0
+        finally:
+            connection.close()  # this thread's connection goes back to the pool
+
+    def _ensure_flusher(self) -> None:
+        # Per process: gunicorn forks its workers after the app may have been loaded.
+        if self._owner_pid == os.getpid():
+            return
+        self._owner_pid = os.getpid()
+        threading.Thread(target=self._run, name="published-marks", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(settings.PUBLISHED_MARK_INTERVAL_SECONDS)
+            self.flush()
+
+
+published_marks = PublishedMarks()
 
 
 def publish_many(rows: Iterable[tuple[int, str]]) -> list[int]:
