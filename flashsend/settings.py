@@ -285,7 +285,9 @@ if not CELERY_BROKER_URL:
         "store_processed": False,
     }
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    # Publisher confirms: apply_async returns only once RabbitMQ has the message, so
+    # a row is never marked published for a message the broker dropped.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 4.0, minimum=0.1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Notification tasks keep no results: the database row is the result.
@@ -345,6 +347,10 @@ DELIVERY_CLAIM_LEASE_SECONDS = env_int(
 SWEEPER_INTERVAL_SECONDS = env_float("SWEEPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
 SWEEPER_GRACE_SECONDS = env_float("SWEEPER_GRACE_SECONDS", 10.0, minimum=0.0)
 SWEEPER_BATCH_SIZE = env_int("SWEEPER_BATCH_SIZE", 500, minimum=1)
+# A queued row published this long ago and still unclaimed is published again (its
+# message was lost after the broker took it). Long enough not to duplicate a normal
+# backlog's messages often; a duplicate is harmless anyway (the claim).
+SWEEPER_STALE_QUEUED_SECONDS = env_int("SWEEPER_STALE_QUEUED_SECONDS", 900, minimum=60)
 # The API records that a task was published in batches this often (0 = at once, in
 # the request); it must stay well under SWEEPER_GRACE_SECONDS.
 PUBLISHED_MARK_INTERVAL_SECONDS = env_float(

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from notifications import lifecycle
@@ -49,11 +50,45 @@ def notification_deliver(*, notification_id: int) -> DeliveryResult:
         return DeliveryResult(Verdict.SKIPPED)
     _release_database_connection()
     outcome = send_with_failover(registry.chain_for(notification.channel), _message(notification))
-    # The attempts and the verdict commit together: a row never says "sent"
-    # without the attempt that sent it, nor the other way round.
-    with transaction.atomic():
-        _record_attempts(notification, outcome.attempts)
-        return _conclude(notification, outcome)
+    return record_verdict(notification, outcome)
+
+
+# Waits before each new try at recording a verdict: about a minute, enough for a
+# database restart or a failover.
+RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def record_verdict(
+    notification: Notification,
+    outcome: ChainOutcome,
+    delays: tuple[float, ...] = RECORD_RETRY_DELAYS,
+) -> DeliveryResult:
+    """Store the attempts and the verdict, in one transaction, whatever it takes.
+
+    The provider has already been called. If this failed up to Celery, the task
+    would be retried, its claim refused, and the row left processing until the
+    sweeper hands it out again after the lease: a second send. So a database that
+    is briefly away is waited for here, in the task that made the call.
+    """
+    for delay in (*delays, None):
+        try:
+            # The attempts and the verdict commit together: a row never says
+            # "sent" without the attempt that sent it, nor the other way round.
+            with transaction.atomic():
+                _record_attempts(notification, outcome.attempts)
+                return _conclude(notification, outcome)
+        except (OperationalError, InterfaceError) as exc:
+            if delay is None:
+                raise
+            logger.warning(
+                "notification %s: recording the verdict failed (%s); again in %s s",
+                notification.pk,
+                exc,
+                delay,
+            )
+            connection.close()
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _release_database_connection() -> None:

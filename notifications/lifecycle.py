@@ -112,6 +112,15 @@ def mark_published(notification_ids: Iterable[int]) -> int:
     )
 
 
+def restamp_published(notification_ids: Iterable[int]) -> int:
+    """Queued rows published again by the sweeper: their clock starts over, so the
+    next sweep leaves them alone while they wait in a backlog."""
+    ids = list(notification_ids)
+    if not ids:
+        return 0
+    return Notification.objects.filter(id__in=ids, status=Status.QUEUED).update(published_at=_now())
+
+
 def postpone_overdue_retries(notification_ids: Iterable[int]) -> int:
     """After the sweeper re-published lost retries, restart their overdue clock so
     the next sweep does not publish them again while they wait in a backlog."""

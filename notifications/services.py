@@ -132,6 +132,7 @@ class SweepReport:
     released: int
     republished: int
     retries_republished: int
+    stale_republished: int = 0
 
 
 def notification_sweep() -> SweepReport:
@@ -141,6 +142,10 @@ def notification_sweep() -> SweepReport:
       queued and unpublished;
     - queued rows never published (broker down at accept time) are published;
     - retrying rows long past their next attempt (the retry message was lost) are
+      published again;
+    - queued rows published long ago and still unclaimed (the message was lost after
+      the broker took it: an unconfirmed publish, a worker killed between fetching
+      and claiming on a broker without acknowledgements, a dead-lettered retry) are
       published again.
     A duplicate message is harmless: the claim lets only one through.
     """
@@ -158,8 +163,14 @@ def notification_sweep() -> SweepReport:
     ).order_by("next_attempt_at")[:batch]
     retried = publishing.publish_many(_targets(overdue))
     lifecycle.postpone_overdue_retries(retried)
-    report = SweepReport(len(released), len(republished), len(retried))
-    if any((report.released, report.republished, report.retries_republished)):
+    stale = Notification.objects.filter(
+        status=Status.QUEUED,
+        published_at__lt=now - timedelta(seconds=settings.SWEEPER_STALE_QUEUED_SECONDS),
+    ).order_by("published_at")[:batch]
+    stale_republished = publishing.publish_many(_targets(stale))
+    lifecycle.restamp_published(stale_republished)
+    report = SweepReport(len(released), len(republished), len(retried), len(stale_republished))
+    if any((report.released, report.republished, report.retries_republished, stale_republished)):
         logger.warning("sweeper: %s", report)
     return report
 

@@ -23,7 +23,8 @@ from notifications.services import notification_dispatch_due, notification_sweep
     # Retries are counted on the row (attempt_count), not in the message, so a task
     # re-published by the sweeper does not start its count again.
     max_retries=None,
-    # A database blip is Celery's to retry; the row's state is untouched by it.
+    # A database blip before the claim is Celery's to retry (the row is untouched);
+    # after the provider call, record_verdict waits for the database itself.
     autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=True,
     retry_backoff_max=60,
@@ -49,6 +50,7 @@ def sweep_notifications() -> dict[str, int]:
         "released": report.released,
         "republished": report.republished,
         "retries_republished": report.retries_republished,
+        "stale_republished": report.stale_republished,
     }
 
 

@@ -49,6 +49,13 @@ class SmtpProvider(Provider):
             email.send()
         except smtplib.SMTPRecipientsRefused as exc:
             raise _refused(exc) from exc
+        except (smtplib.SMTPAuthenticationError, smtplib.SMTPSenderRefused) as exc:
+            # Our account or sender address, not the recipient: an operator can fix
+            # it, so the message waits and retries instead of failing.
+            self.close()
+            raise ProviderError(
+                f"SMTP {exc.smtp_code}: our login or sender was refused: {exc}", code="account"
+            ) from exc
         except smtplib.SMTPResponseException as exc:
             self.close()
             raise _response_error(exc) from exc

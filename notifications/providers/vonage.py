@@ -9,7 +9,7 @@ from django.conf import settings
 from vonage import Auth, HttpClientOptions, Vonage
 from vonage_http_client.errors import HttpRequestError
 from vonage_sms import SmsMessage
-from vonage_sms.errors import SmsError
+from vonage_sms.errors import PartialFailureError, SmsError
 
 from notifications.providers.base import OutboundMessage, Provider, ProviderError, SendResult
 
@@ -51,6 +51,8 @@ class VonageProvider(Provider):
         sms = SmsMessage(to=message.to.lstrip("+"), from_=settings.VONAGE_FROM, text=message.body)
         try:
             response = self._client.sms.send(sms)
+        except PartialFailureError as exc:
+            raise _partial(exc) from exc
         except SmsError as exc:
             raise _classify_status(str(exc)) from exc
         except HttpRequestError as exc:
@@ -60,6 +62,24 @@ class VonageProvider(Provider):
         except requests.RequestException as exc:
             raise ProviderError(f"Vonage unreachable: {exc}", code="connection") from exc
         return SendResult(message_id=str(response.messages[0].message_id))
+
+
+def _partial(exc: PartialFailureError) -> ProviderError:
+    """Some parts of a long SMS went out, others did not.
+
+    Sending the whole body again (a retry, or another provider) would repeat the
+    parts the recipient already has, so the notification fails visibly instead.
+    """
+    response: object = getattr(exc, "response", None)
+    parts = response.get("messages", []) if isinstance(response, dict) else []
+    statuses = [str(part.get("status")) for part in parts if isinstance(part, dict)]
+    sent = statuses.count("0")
+    return ProviderError(
+        f"Vonage delivered {sent} of {len(statuses) or '?'} parts; not resent to avoid "
+        f"duplicates (part statuses: {', '.join(statuses) or 'unknown'})",
+        permanent=True,
+        code="partial",
+    )
 
 
 def _classify_status(text: str) -> ProviderError:

@@ -7,6 +7,7 @@ paths through a real worker and RabbitMQ are in test_pipeline.py.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -119,3 +120,39 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         samples = [backoff_seconds(rounds) for _ in range(50)]
         assert all(ceiling / 2 <= s <= ceiling for s in samples)
     assert len({round(backoff_seconds(3), 6) for _ in range(20)}) > 1  # jittered
+
+
+def test_verdict_is_recorded_after_a_database_blip(user: User, providers: Any) -> None:
+    """The provider was called; a failing database must not lose the verdict (a
+    retry of the whole task would send again)."""
+    from django.db import OperationalError
+
+    from notifications import lifecycle
+    from notifications.delivery import record_verdict
+    from notifications.providers.base import OutboundMessage
+    from notifications.providers.chain import send_with_failover
+    from notifications.providers.registry import chain_for
+
+    row = _queued(user)
+    claimed = lifecycle.claim(row.id, lease=timedelta(minutes=5))
+    assert claimed is not None
+    message = OutboundMessage(notification_id=row.id, channel="sms", to=row.recipient, body="hi")
+    outcome = send_with_failover(chain_for("sms"), message)
+    failures = iter([OperationalError("server closed the connection"), None])
+
+    class FlakyAttempts(list[Any]):
+        """Attempt records whose first read fails as a dropped connection would."""
+
+        def __iter__(self) -> Any:
+            error = next(failures)
+            if error is not None:
+                raise error
+            return super().__iter__()
+
+    outcome.attempts = FlakyAttempts(outcome.attempts)
+    result = record_verdict(claimed, outcome, delays=(0.01,))
+    assert result.verdict is Verdict.SENT
+    row.refresh_from_db()
+    assert row.status == Status.SENT
+    assert row.attempts.count() == 1
+    assert len(providers["twilio"].messages("twilio")) == 1

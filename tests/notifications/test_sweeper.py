@@ -136,3 +136,16 @@ def test_periodic_tasks_are_visible_and_editable_in_the_admin(client: Any, setti
     edit = client.get(f"/admin/django_celery_beat/periodictask/{task.id}/change/")
     assert edit.status_code == 200
     assert b'name="interval"' in edit.content
+
+
+def test_sweep_republishes_queued_rows_whose_message_was_lost(user: User, settings: Any) -> None:
+    settings.SWEEPER_STALE_QUEUED_SECONDS = 900
+    lost = _row(user, timedelta(hours=1), published_at=timezone.now() - timedelta(minutes=20))
+    waiting = _row(user, timedelta(minutes=5), published_at=timezone.now() - timedelta(minutes=5))
+    report = notification_sweep()
+    assert report.stale_republished == 1
+    lost.refresh_from_db()
+    assert lost.published_at is not None
+    assert lost.published_at > timezone.now() - timedelta(minutes=1)  # its clock restarted
+    assert Notification.objects.get(id=waiting.id).published_at == waiting.published_at
+    assert notification_sweep().stale_republished == 0
