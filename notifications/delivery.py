@@ -86,7 +86,8 @@ def record_verdict(
                 exc,
                 delay,
             )
-            connection.close()
+            if not connection.in_atomic_block:
+                connection.close()  # a broken connection is replaced on next use
             time.sleep(delay)
     raise AssertionError("unreachable")  # the loop returns or raises
 

@@ -122,6 +122,7 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     assert len({round(backoff_seconds(3), 6) for _ in range(20)}) > 1  # jittered
 
 
+@pytest.mark.django_db(transaction=True)
 def test_verdict_is_recorded_after_a_database_blip(user: User, providers: Any) -> None:
     """The provider was called; a failing database must not lose the verdict (a
     retry of the whole task would send again)."""
