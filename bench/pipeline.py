@@ -139,7 +139,7 @@ def _flashsend_run(
     n = args.n
     purge_queues()
     fake.reset()
-    fake.set_behaviour("twilio", delay_ms=int(os.environ.get("BENCH_DELAY_MS", "50")))
+    fake.set_behaviour("twilio", delay_ms=args.delay_ms)
     owner, _ = User.objects.get_or_create(email="bench@example.com")
     rows = Notification.objects.bulk_create(
         Notification(owner=owner, channel="sms", recipient="+14155552671", body=f"bench {i}")
@@ -147,12 +147,7 @@ def _flashsend_run(
     )
     publish_many((row.pk, row.queue_name) for row in rows)
     command = ["celery", "-A", "flashsend", "worker", "-Q", "sms.medium"]
-    workers = _start_workers(command, env, args, concurrency)
-    try:
-        messages = fake.wait_for_messages(n, provider="twilio", timeout=max(120.0, n / 5))
-    finally:
-        _stop(workers)
-    seconds, rate = _rate([m.received_at for m in messages])
+    seconds, rate = _drain(command, env, args, concurrency, fake)
     latencies = _latencies([row.pk for row in rows])
     return Run("flashsend", args.pool, args.processes, concurrency, n, seconds, rate, *latencies)
 
@@ -166,18 +161,29 @@ def _raw_run(fake: Any, env: dict[str, str], args: argparse.Namespace, concurren
         channel.queue_purge("bench.raw")
     n = args.n
     fake.reset()
-    fake.set_behaviour("twilio", delay_ms=int(os.environ.get("BENCH_DELAY_MS", "50")))
+    fake.set_behaviour("twilio", delay_ms=args.delay_ms)
     with app.producer_or_acquire() as producer:
         for i in range(n):
             raw_send.apply_async((i,), producer=producer)
     command = ["celery", "-A", "bench.rawtask", "worker", "-Q", "bench.raw"]
+    seconds, rate = _drain(command, env, args, concurrency, fake)
+    return Run("raw-celery", args.pool, args.processes, concurrency, n, seconds, rate)
+
+
+def _drain(
+    command: list[str],
+    env: dict[str, str],
+    args: argparse.Namespace,
+    concurrency: int,
+    fake: Any,
+) -> tuple[float, float]:
+    """Start the workers on the queued backlog, wait for all N at the fake, stop them."""
     workers = _start_workers(command, env, args, concurrency)
     try:
-        messages = fake.wait_for_messages(n, provider="twilio", timeout=max(120.0, n / 5))
+        messages = fake.wait_for_messages(args.n, provider="twilio", timeout=max(120.0, args.n / 5))
     finally:
         _stop(workers)
-    seconds, rate = _rate([m.received_at for m in messages])
-    return Run("raw-celery", args.pool, args.processes, concurrency, n, seconds, rate)
+    return _rate([m.received_at for m in messages])
 
 
 def _start_workers(

@@ -57,7 +57,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias, cast, get_args
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,6 +64,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from flashsend.fakes._lifecycle import StartStop
 
 logger = logging.getLogger(__name__)
 
@@ -938,7 +939,7 @@ class _Running:
     temp_dir: Path | None = None
 
 
-class FakeProviderServer:
+class FakeProviderServer(StartStop):
     """Twilio's and Vonage's SMS APIs on one loopback server.
 
     Routes: ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` (Twilio),
@@ -1029,17 +1030,6 @@ class FakeProviderServer:
             logger.warning("%d fake provider connection threads did not stop", len(left))
         if running.temp_dir is not None:
             shutil.rmtree(running.temp_dir, ignore_errors=True)
-
-    def __enter__(self) -> FakeProviderServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # Addresses ----------------------------------------------------------------------
 

@@ -22,11 +22,12 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias, get_args
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from flashsend.fakes._lifecycle import StartStop
 
 SmtpMode: TypeAlias = Literal["ok", "error", "reject"]
 SMTP_MODES: Final[tuple[SmtpMode, ...]] = get_args(SmtpMode)
@@ -212,7 +213,7 @@ def _bind(port: int) -> socket.socket:
     return sock
 
 
-class FakeSmtpServer:
+class FakeSmtpServer(StartStop):
     """An SMTP relay on 127.0.0.1 that records what it accepts.
 
     Behaviours (``set_behaviour``): ``ok``; ``error``: ``451 4.3.0`` at DATA (Django
@@ -252,17 +253,6 @@ class FakeSmtpServer:
             self._bound_port = None
         if controller is not None:
             controller.stop()  # cancels sessions, closes the socket, joins the loop thread
-
-    def __enter__(self) -> FakeSmtpServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def host(self) -> str:
