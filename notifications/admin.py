@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -293,14 +294,8 @@ class DeadLetterAdmin(_NotificationAdminBase):
                 "provider": provider,
                 "last_error": error,
             },
-            "rate": _rate(),
+            "rate": float(settings.REPLAY_RATE_PER_SECOND),
         }
         return TemplateResponse(
             request, "admin/notifications/deadletter/replay_confirm.html", context
         )
-
-
-def _rate() -> float:
-    from django.conf import settings
-
-    return float(settings.REPLAY_RATE_PER_SECOND)

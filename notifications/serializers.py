@@ -115,12 +115,6 @@ class ScheduleInput(SendInput, RescheduleInput):
         return attrs
 
 
-class ErrorOutput(serializers.Serializer[Any]):
-    error = serializers.CharField()
-    code = serializers.CharField()
-    current_status = serializers.CharField(required=False)
-
-
 class ScheduledOutput(serializers.Serializer[Any]):
     message = serializers.CharField()
     id = serializers.IntegerField()

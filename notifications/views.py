@@ -14,7 +14,6 @@ from accounts.models import User
 from apikeys.models import ApiKey
 from notifications import selectors, services
 from notifications.serializers import (
-    ErrorOutput,
     HistoryFilterInput,
     NotificationDetailOutput,
     NotificationOutput,
@@ -137,7 +136,7 @@ class NotificationDetailView(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("notification_id", int, OpenApiParameter.PATH)],
         request=RescheduleInput,
-        responses={200: NotificationDetailOutput, 409: ErrorOutput},
+        responses={200: NotificationDetailOutput},
         summary="Move a scheduled notification to another time",
     )
     def patch(self, request: Request, notification_id: int) -> Response:
@@ -156,7 +155,7 @@ class NotificationCancelView(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("notification_id", int, OpenApiParameter.PATH)],
         request=None,
-        responses={200: NotificationDetailOutput, 409: ErrorOutput},
+        responses={200: NotificationDetailOutput},
         summary="Cancel a scheduled notification, or a queued one no worker has claimed",
     )
     def post(self, request: Request, notification_id: int) -> Response:
