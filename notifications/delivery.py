@@ -14,7 +14,7 @@ from datetime import timedelta
 from enum import Enum
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from notifications import lifecycle
@@ -72,11 +72,9 @@ def record_verdict(
     """
     for delay in (*delays, None):
         try:
-            # The attempts and the verdict commit together: a row never says
+            # The attempts and the verdict are written together: a row never says
             # "sent" without the attempt that sent it, nor the other way round.
-            with transaction.atomic():
-                _record_attempts(notification, outcome.attempts)
-                return _conclude(notification, outcome)
+            return _conclude(notification, outcome)
         except (OperationalError, InterfaceError) as exc:
             if delay is None:
                 raise
@@ -115,11 +113,6 @@ def _message(notification: Notification) -> OutboundMessage:
     )
 
 
-def _record_attempts(notification: Notification, attempts: list[AttemptRecord]) -> None:
-    # One INSERT for the whole round, however many providers it tried.
-    DeliveryAttempt.objects.bulk_create([_attempt_row(notification, record) for record in attempts])
-
-
 def _attempt_row(notification: Notification, record: AttemptRecord) -> DeliveryAttempt:
     if record.result is not None:
         outcome, code, message = AttemptOutcome.SUCCESS, "", ""
@@ -144,26 +137,35 @@ def _attempt_row(notification: Notification, record: AttemptRecord) -> DeliveryA
 
 
 def _conclude(notification: Notification, outcome: ChainOutcome) -> DeliveryResult:
+    # One INSERT for the whole round's attempts, however many providers it tried,
+    # written with the verdict.
+    attempts = [_attempt_row(notification, record) for record in outcome.attempts]
     delivered = outcome.delivered
     if delivered is not None and delivered.result is not None:
         lifecycle.mark_sent(
             notification.pk,
             provider=delivered.provider,
             provider_message_id=delivered.result.message_id[:128],
+            attempts=attempts,
         )
         return DeliveryResult(Verdict.SENT)
     error = _describe(outcome)
     last_provider = outcome.attempts[-1].provider if outcome.attempts else ""
     if outcome.permanent:
-        lifecycle.mark_failed(notification.pk, error=error, provider=last_provider)
+        lifecycle.mark_failed(
+            notification.pk, error=error, provider=last_provider, attempts=attempts
+        )
         return DeliveryResult(Verdict.FAILED, error=error)
     if notification.attempt_count > settings.DELIVERY_MAX_RETRIES:
-        lifecycle.mark_dead(notification.pk, error=error, provider=last_provider)
+        lifecycle.mark_dead(notification.pk, error=error, provider=last_provider, attempts=attempts)
         logger.error("notification %s is dead: %s", notification.pk, error)
         return DeliveryResult(Verdict.DEAD, error=error)
     delay = backoff_seconds(notification.attempt_count)
     lifecycle.mark_retrying(
-        notification.pk, error=error, next_attempt_at=timezone.now() + timedelta(seconds=delay)
+        notification.pk,
+        error=error,
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        attempts=attempts,
     )
     return DeliveryResult(Verdict.RETRY, retry_in=delay, error=error)
 

@@ -35,12 +35,14 @@ def notification_send(
     metadata: dict[str, Any] | None = None,
 ) -> Notification:
     """Store the notification and publish its task once the row is committed."""
-    with transaction.atomic():
-        notification = Notification.objects.create(
-            owner=owner, api_key=api_key, status=Status.QUEUED, **_content(locals())
-        )
-        # on_commit: a worker must never receive an id whose row it cannot see yet.
-        transaction.on_commit(partial(publishing.publish_after_commit, notification))
+    # One INSERT in autocommit: the row is committed by the statement itself, with
+    # no BEGIN/COMMIT round trips. Called inside a caller's transaction, the publish
+    # waits for that transaction's commit instead: a worker must never receive an
+    # id whose row it cannot see yet.
+    notification = Notification.objects.create(
+        owner=owner, api_key=api_key, status=Status.QUEUED, **_content(locals())
+    )
+    transaction.on_commit(partial(publishing.publish_after_commit, notification))
     return notification
 
 

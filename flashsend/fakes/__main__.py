@@ -4,9 +4,14 @@
                               [--delay-ms 0] [--cert-dir var/fakes] [--enforce-credentials]
 
 Prints the environment that points FlashSend at them, one ``NAME=value`` a line (usable
-as a ``.env`` file). Behaviour can be changed while running through the control
-endpoints, e.g. ``curl -X POST http://127.0.0.1:8025/_fake/behaviour -d
-'{"provider": "twilio", "mode": "error"}'``.
+as a ``.env`` file). Without ``--enforce-credentials`` any credentials are accepted
+(and the SMTP relay needs no login); with it only the printed ones, and the relay
+requires AUTH. The SMS fakes' behaviour can be changed while running through their
+control endpoints, e.g. ``curl -X POST http://127.0.0.1:8025/_fake/behaviour -d
+'{"provider": "twilio", "mode": "error"}'``. Modes: ok, error, timeout, ratelimit,
+reject, internal, and for Vonage also partial (``"accepted_parts": 1``: a long text's
+first part accepted, the later ones refused as Throttled); see
+``FakeProviderServer.set_behaviour``. The SMTP relay has no control endpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ DEMO_PHONE_NUMBER: Final = "+15005550006"  # Twilio's "valid sender" magic test 
 DEMO_API_KEY: Final = "fakevonagekey"
 DEMO_API_SECRET: Final = "fake-vonage-secret"  # noqa: S105 (public demo value)
 DEMO_FROM: Final = "FlashSend"
+DEMO_SMTP_USERNAME: Final = "flashsend"
+DEMO_SMTP_PASSWORD: Final = "fake-smtp-password"  # noqa: S105 (public demo value)
 
 
 def _port(text: str) -> int:
@@ -75,6 +82,8 @@ def environment(
         "SMTP_HOST": smtp.host,
         "SMTP_PORT": str(smtp.port),
         "SMTP_SECURITY": "none",  # the fake relay offers no STARTTLS
+        "SMTP_USERNAME": DEMO_SMTP_USERNAME,  # AUTH over plain SMTP; fine on loopback
+        "SMTP_PASSWORD": DEMO_SMTP_PASSWORD,
     }
 
 
@@ -93,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         api_key=DEMO_API_KEY if enforce else None,
         api_secret=DEMO_API_SECRET if enforce else None,
     )
-    smtp = FakeSmtpServer(port=args.smtp_port)
+    smtp = FakeSmtpServer(
+        port=args.smtp_port,
+        username=DEMO_SMTP_USERNAME if enforce else None,
+        password=DEMO_SMTP_PASSWORD if enforce else None,
+    )
     try:
         twilio.set_behaviour("twilio", delay_ms=args.delay_ms)
         vonage.set_behaviour("vonage", delay_ms=args.delay_ms)

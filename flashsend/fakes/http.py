@@ -70,7 +70,7 @@ from flashsend.fakes._lifecycle import StartStop
 logger = logging.getLogger(__name__)
 
 Provider: TypeAlias = Literal["twilio", "vonage"]
-Mode: TypeAlias = Literal["ok", "error", "timeout", "ratelimit", "reject", "internal"]
+Mode: TypeAlias = Literal["ok", "error", "timeout", "ratelimit", "reject", "internal", "partial"]
 PROVIDERS: Final[tuple[Provider, ...]] = get_args(Provider)
 MODES: Final[tuple[Mode, ...]] = get_args(Mode)
 
@@ -80,6 +80,7 @@ MAX_FORM_FIELDS: Final = 200
 MAX_DELAY_MS: Final = 60_000
 MAX_HANG_SECONDS: Final = 600.0
 MAX_FAIL_NEXT: Final = 1_000_000
+MAX_ACCEPTED_PARTS: Final = 1_000
 STOP_JOIN_SECONDS: Final = 5.0
 TLS_HANDSHAKE_SECONDS: Final = 5.0
 HANG: Final = 0  # _Answer.status meaning "hold the request, then drop the connection"
@@ -89,6 +90,12 @@ TWILIO_API_VERSION: Final = "2010-04-01"
 _TWILIO_PATH: Final = re.compile(r"/2010-04-01/Accounts/(?P<sid>[^/]+)/Messages\.json")
 _VONAGE_PATH: Final = "/sms/json"
 _SECRET_FIELDS: Final = frozenset({"api_secret", "sig"})
+# Modes only one provider has: Twilio accepts or refuses a concatenated message whole.
+_PROVIDER_MODES: Final[dict[Mode, Provider]] = {"partial": "vonage"}
+# What a part refused in mode "partial" carries: the account's throughput limit
+# (status "1" Throttled) is what cuts a long text off part-way.
+_PARTIAL_STATUS: Final = "1"
+_PARTIAL_ERROR: Final = "Throttled"
 
 # GSM 03.38: the basic table (ESC left out) and the extension table, whose characters
 # take two septets. Anything else makes the carrier send UCS-2.
@@ -111,6 +118,7 @@ class Behaviour:
     reject_numbers: frozenset[str] = frozenset()
     status: int = 500
     hang_seconds: float = 30.0
+    accepted_parts: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -119,12 +127,18 @@ class Behaviour:
             "reject_numbers": sorted(self.reject_numbers),
             "status": self.status,
             "hang_seconds": self.hang_seconds,
+            "accepted_parts": self.accepted_parts,
         }
 
 
 @dataclass(frozen=True)
 class FakeMessage:
-    """A message the fake accepted (what the provider would have delivered)."""
+    """A message the fake accepted (what the provider would have delivered).
+
+    ``segments`` is how many SMS parts the body takes. ``failed_segments`` counts the
+    trailing parts refused in mode "partial": the recipient got only the first
+    ``segments - failed_segments`` parts of ``body``.
+    """
 
     provider: Provider
     to: str
@@ -133,6 +147,7 @@ class FakeMessage:
     message_id: str
     received_at: datetime
     segments: int = 1
+    failed_segments: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +157,7 @@ class FakeMessage:
             "body": self.body,
             "message_id": self.message_id,
             "segments": self.segments,
+            "failed_segments": self.failed_segments,
             "received_at": self.received_at.isoformat(),
         }
 
@@ -151,8 +167,8 @@ class FakeRequest:
     """One provider API request and the answer given (``status`` None: dropped, no answer).
 
     ``outcome`` is the mode that decided the answer ("ok", "error", "timeout",
-    "ratelimit", "reject", "internal") or "unauthorized" / "invalid" when the request
-    failed before any mode applied. Secrets in ``params`` are redacted.
+    "ratelimit", "reject", "internal", "partial") or "unauthorized" / "invalid" when
+    the request failed before any mode applied. Secrets in ``params`` are redacted.
     """
 
     provider: Provider
@@ -183,10 +199,22 @@ def build_behaviour(
     reject_numbers: Iterable[str] = (),
     status: int = 500,
     hang_seconds: float = 30.0,
+    accepted_parts: int = 1,
+    provider: Provider | None = None,
 ) -> Behaviour:
-    """Validate the knobs once, for the Python API and the HTTP control endpoint alike."""
+    """Validate the knobs once, for the Python API and the HTTP control endpoint alike.
+
+    With ``provider`` given, modes that provider does not have are refused too.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    only_for = _PROVIDER_MODES.get(cast(Mode, mode))
+    if provider is not None and only_for is not None and provider != only_for:
+        raise ValueError(f"mode {mode!r} exists for {only_for} only, not {provider}")
+    if not 0 <= accepted_parts <= MAX_ACCEPTED_PARTS:
+        raise ValueError(
+            f"accepted_parts must be between 0 and {MAX_ACCEPTED_PARTS}; got {accepted_parts}"
+        )
     if not 0 <= delay_ms <= MAX_DELAY_MS:
         raise ValueError(f"delay_ms must be between 0 and {MAX_DELAY_MS}; got {delay_ms}")
     if not 500 <= status <= 599:
@@ -201,6 +229,7 @@ def build_behaviour(
         reject_numbers=frozenset(normalise_number(n) for n in reject_numbers),
         status=status,
         hang_seconds=float(hang_seconds),
+        accepted_parts=accepted_parts,
     )
 
 
@@ -502,35 +531,51 @@ def _vonage_invalid_params(fields: Mapping[str, str]) -> _Answer | None:
     return None
 
 
-def _vonage_success(registry: _Registry, fields: Mapping[str, str]) -> _Answer:
-    """Vonage splits long text itself and answers one entry per part."""
+def _vonage_parts(
+    registry: _Registry, fields: Mapping[str, str], accepted_parts: int | None = None
+) -> _Answer:
+    """Vonage splits long text itself and answers one entry per part.
+
+    ``accepted_parts`` (mode "partial"): only that many leading parts are accepted;
+    each later part gets its own error entry, in the same 200 answer, as Vonage does
+    when a long text is throttled part-way. None accepts every part.
+    """
     text = fields.get("text") or fields.get("body", "")
     parts = sms_segments(text)
-    entries = []
-    for _ in range(parts):
-        entry = {
-            "to": fields["to"],
-            "message-id": str(uuid.uuid4()),
-            "status": "0",
-            "remaining-balance": "10.0",
-            "message-price": "0.03",
-            "network": "12345",
-        }
+    accepted = parts if accepted_parts is None else min(accepted_parts, parts)
+    entries: list[dict[str, str]] = []
+    for index in range(parts):
+        entry = {"to": fields["to"]}
+        if index < accepted:
+            entry.update(
+                {
+                    "message-id": str(uuid.uuid4()),
+                    "status": "0",
+                    "remaining-balance": "10.0",
+                    "message-price": "0.03",
+                    "network": "12345",
+                }
+            )
+        else:
+            entry.update({"status": _PARTIAL_STATUS, "error-text": _PARTIAL_ERROR})
         if fields.get("client-ref"):
             entry["client-ref"] = fields["client-ref"]
         entries.append(entry)
-    registry.add_message(
-        FakeMessage(
-            provider="vonage",
-            to=fields["to"],
-            from_=fields["from"],
-            body=text,
-            message_id=entries[0]["message-id"],
-            received_at=_now(),
-            segments=parts,
+    if accepted:
+        registry.add_message(
+            FakeMessage(
+                provider="vonage",
+                to=fields["to"],
+                from_=fields["from"],
+                body=text,
+                message_id=entries[0]["message-id"],
+                received_at=_now(),
+                segments=parts,
+                failed_segments=parts - accepted,
+            )
         )
-    )
-    return _Answer(200, {"message-count": str(parts), "messages": entries}, "ok")
+    outcome = "ok" if accepted == parts else "partial"
+    return _Answer(200, {"message-count": str(parts), "messages": entries}, outcome)
 
 
 def _vonage_exchange(
@@ -545,7 +590,7 @@ def _vonage_exchange(
         return failure
     behaviour, mode = registry.next_mode("vonage")
     to = fields["to"]
-    if mode == "ok" and normalise_number(to) in behaviour.reject_numbers:
+    if mode in ("ok", "partial") and normalise_number(to) in behaviour.reject_numbers:
         mode = "reject"
     if mode == "timeout":
         return _Answer(HANG, outcome=mode, hang_seconds=behaviour.hang_seconds)
@@ -557,7 +602,9 @@ def _vonage_exchange(
         return _vonage_error("5", "Internal Error", mode)
     if mode == "error":
         return _vonage_http_error(behaviour.status)
-    return _vonage_success(registry, fields)
+    if mode == "partial":
+        return _vonage_parts(registry, fields, behaviour.accepted_parts)
+    return _vonage_parts(registry, fields)
 
 
 # --- Control endpoints --------------------------------------------------------------
@@ -594,6 +641,7 @@ def _behaviour_from_json(body: bytes) -> tuple[Provider, Behaviour, int]:
         "fail_next",
         "status",
         "hang_seconds",
+        "accepted_parts",
     }
     unknown = set(data) - allowed
     if unknown:
@@ -613,6 +661,8 @@ def _behaviour_from_json(body: bytes) -> tuple[Provider, Behaviour, int]:
         reject_numbers=numbers,
         status=_int_field(data, "status", 500),
         hang_seconds=float(hang),
+        accepted_parts=_int_field(data, "accepted_parts", 1),
+        provider=cast(Provider, provider),
     )
     return cast(Provider, provider), behaviour, _int_field(data, "fail_next", 0)
 
@@ -1084,6 +1134,7 @@ class FakeProviderServer(StartStop):
         fail_next: int = 0,
         status: int = 500,
         hang_seconds: float = 30.0,
+        accepted_parts: int = 1,
     ) -> None:
         """Replace how ``provider`` answers from the next request on.
 
@@ -1096,12 +1147,27 @@ class FakeProviderServer(StartStop):
           ratelimit  Twilio 429 code 20429; Vonage 200 with status "1" Throttled.
           reject     every recipient invalid: Twilio 400 code 21211; Vonage status "3".
           internal   Twilio 500 code 20500; Vonage 200 with status "5" Internal Error.
+          partial    Vonage only: a text of N parts gets its first ``accepted_parts``
+                     (default 1) parts accepted (status "0") and every later part
+                     refused with status "1" Throttled, in one 200 answer whose
+                     "message-count" is N (the SDK raises PartialFailureError). A
+                     text of no more parts than ``accepted_parts`` is just accepted;
+                     ``accepted_parts=0`` refuses every part. The message is recorded
+                     when a part went out, with ``failed_segments`` set.
         ``fail_next=N``: the next N valid requests answer as ``error``, then ``mode``
         resumes. ``delay_ms`` is added before every answer.
         """
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}; got {provider!r}")
-        behaviour = build_behaviour(mode, delay_ms, reject_numbers, status, hang_seconds)
+        behaviour = build_behaviour(
+            mode,
+            delay_ms,
+            reject_numbers,
+            status,
+            hang_seconds,
+            accepted_parts=accepted_parts,
+            provider=provider,
+        )
         self._registry.configure(provider, behaviour, fail_next)
 
     def behaviour(self, provider: Provider) -> Behaviour:

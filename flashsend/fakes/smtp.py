@@ -5,8 +5,15 @@ Django's SMTP backend talks to it unchanged::
     EmailBackend(host=server.host, port=server.port, timeout=2,
                  use_tls=False, use_ssl=False, username="", password="")
 
-It speaks plain SMTP only (no STARTTLS, no AUTH), so FlashSend must run with
-``SMTP_SECURITY=none`` and no username against it.
+It speaks plain SMTP only (no STARTTLS), so FlashSend must run with
+``SMTP_SECURITY=none`` against it. It offers AUTH PLAIN and LOGIN over that plain
+connection (``auth_require_tls=False``; a real relay would insist on TLS first):
+with ``username``/``password`` given it requires them before MAIL, otherwise any
+login is accepted and none is needed. Django logs in when both ``username`` and
+``password`` are set (FlashSend: ``SMTP_USERNAME`` and ``SMTP_PASSWORD``)::
+
+    EmailBackend(host=server.host, port=server.port, timeout=2,
+                 use_tls=False, use_ssl=False, username="user", password="secret")
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import hmac
+import logging
 import secrets
 import socket
 import threading
@@ -25,11 +34,11 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias, get_args
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from flashsend.fakes._lifecycle import StartStop
 
-SmtpMode: TypeAlias = Literal["ok", "error", "reject"]
+SmtpMode: TypeAlias = Literal["ok", "error", "reject", "auth_fail", "reject_sender"]
 SMTP_MODES: Final[tuple[SmtpMode, ...]] = get_args(SmtpMode)
 LOOPBACK: Final = "127.0.0.1"
 MAX_DELAY_MS: Final = 60_000
@@ -38,6 +47,27 @@ MAX_FAIL_NEXT: Final = 1_000_000
 # Postfix-style replies, so clients see the enhanced status codes a real relay sends.
 REPLY_TEMPORARY_FAILURE: Final = "451 4.3.0 Error: temporary failure, try again later"
 REPLY_UNKNOWN_RECIPIENT: Final = "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+REPLY_AUTH_FAILED: Final = "535 5.7.8 Error: authentication failed: authentication failure"
+REPLY_AUTH_REQUIRED: Final = "530 5.7.0 Authentication required"
+REPLY_SENDER_REFUSED: Final = (
+    "553 5.7.1 <{address}>: Sender address rejected: not owned by user {login}"
+)
+REPLY_SENDER_OK: Final = "250 2.1.0 Ok"
+
+# aiosmtpd logs a deprecation warning from inside its own AUTH command on every
+# successful login (it sets the deprecated Session.login_data itself); it says
+# nothing about this code, so it is dropped.
+_AIOSMTPD_LOGIN_DATA_NOTICE: Final = "Session.login_data is deprecated"
+
+
+class _DropLoginDataNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_AIOSMTPD_LOGIN_DATA_NOTICE)
+
+
+_aiosmtpd_log = logging.getLogger("mail.log")
+if not any(isinstance(f, _DropLoginDataNotice) for f in _aiosmtpd_log.filters):
+    _aiosmtpd_log.addFilter(_DropLoginDataNotice())
 
 
 @dataclass(frozen=True)
@@ -51,7 +81,7 @@ class SmtpBehaviour:
 
 @dataclass(frozen=True)
 class SmtpMessage:
-    """A message the relay accepted."""
+    """A message the relay accepted; ``login``: who the session logged in as, if anyone."""
 
     mail_from: str
     rcpt_tos: tuple[str, ...]
@@ -60,6 +90,7 @@ class SmtpMessage:
     message_id: str
     received_at: datetime
     raw: bytes
+    login: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,7 +100,47 @@ class SmtpMessage:
             "body": self.body,
             "message_id": self.message_id,
             "received_at": self.received_at.isoformat(),
+            "login": self.login,
         }
+
+
+@dataclass(frozen=True)
+class SmtpAuthAttempt:
+    """One AUTH exchange (the password is not kept)."""
+
+    login: str
+    mechanism: str
+    accepted: bool
+    received_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "login": self.login,
+            "mechanism": self.mechanism,
+            "accepted": self.accepted,
+            "received_at": self.received_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """Expected login; None accepts any value. Either one given makes AUTH required."""
+
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.username is not None or self.password is not None
+
+    def accept(self, login: str, password: str) -> bool:
+        wrong_user = self.username is not None and not _same(login, self.username)
+        wrong_password = self.password is not None and not _same(password, self.password)
+        return not (wrong_user or wrong_password)
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _parse_message(raw: bytes) -> tuple[str, str, str]:
@@ -83,9 +154,11 @@ def _parse_message(raw: bytes) -> tuple[str, str, str]:
 class _State:
     """Behaviour, records and the connection count, shared by the loop thread and callers."""
 
-    def __init__(self, max_records: int) -> None:
+    def __init__(self, max_records: int, credentials: _Credentials) -> None:
         self._lock = threading.Lock()
         self._messages: deque[SmtpMessage] = deque(maxlen=max_records)
+        self._auth_attempts: deque[SmtpAuthAttempt] = deque(maxlen=max_records)
+        self.credentials = credentials
         self.behaviour = SmtpBehaviour()
         self.fail_next = 0
         self.connections_opened = 0
@@ -93,6 +166,7 @@ class _State:
     def reset(self) -> None:
         with self._lock:
             self._messages.clear()
+            self._auth_attempts.clear()
             self.behaviour = SmtpBehaviour()
             self.fail_next = 0
             self.connections_opened = 0
@@ -115,6 +189,25 @@ class _State:
             behaviour = self.behaviour
         return behaviour.mode == "reject" or address.lower() in behaviour.reject_recipients
 
+    def refuses_sender(self) -> bool:
+        with self._lock:
+            return self.behaviour.mode == "reject_sender"
+
+    def authenticate(self, mechanism: str, login: str, password: str) -> bool:
+        """Whether this login is accepted (mode auth_fail refuses all); recorded."""
+        with self._lock:
+            accepted = self.behaviour.mode != "auth_fail" and self.credentials.accept(
+                login, password
+            )
+            self._auth_attempts.append(
+                SmtpAuthAttempt(login, mechanism, accepted, datetime.now(UTC))
+            )
+        return accepted
+
+    def auth_attempts(self) -> list[SmtpAuthAttempt]:
+        with self._lock:
+            return list(self._auth_attempts)
+
     def data_outcome(self) -> tuple[SmtpBehaviour, bool]:
         """The behaviour for this DATA and whether it fails, spending one fail_next."""
         with self._lock:
@@ -132,11 +225,50 @@ class _State:
             return list(self._messages)
 
 
+def _session_login(session: Session) -> str | None:
+    """The login of an authenticated session (``_authenticate`` stores it as auth_data)."""
+    return (
+        session.auth_data if session.authenticated and isinstance(session.auth_data, str) else None
+    )
+
+
 class _Handler:
-    """aiosmtpd hooks: refuse recipients at RCPT, fail or accept at DATA."""
+    """aiosmtpd hooks: check logins, refuse senders at MAIL and recipients at RCPT,
+    fail or accept at DATA."""
 
     def __init__(self, state: _State) -> None:
         self._state = state
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        """aiosmtpd's ``authenticator``: PLAIN and LOGIN hand over a LoginPassword."""
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False, message=REPLY_AUTH_FAILED)
+        login = auth_data.login.decode("utf-8", errors="replace")
+        password = auth_data.password.decode("utf-8", errors="replace")
+        if not self._state.authenticate(mechanism, login, password):
+            return AuthResult(success=False, handled=False, message=REPLY_AUTH_FAILED)
+        return AuthResult(success=True, auth_data=login)
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd's hook name)
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        # Checked here rather than with aiosmtpd's auth_required, which warns on
+        # every connection when TLS is not required too.
+        if self._state.credentials.required and not session.authenticated:
+            return REPLY_AUTH_REQUIRED
+        if self._state.refuses_sender():
+            login = _session_login(session) or "anonymous"
+            return REPLY_SENDER_REFUSED.format(address=address, login=login)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return REPLY_SENDER_OK
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self,
@@ -171,6 +303,7 @@ class _Handler:
                 message_id=message_id,
                 received_at=datetime.now(UTC),
                 raw=raw,
+                login=_session_login(session),
             )
         )
         return f"250 2.0.0 Ok: queued as {secrets.token_hex(5).upper()}"
@@ -190,6 +323,8 @@ class _Controller(Controller):
             port=int(sock.getsockname()[1]),
             server_hostname="fake-smtp.localhost",  # skips a getfqdn() DNS lookup
             ident="FlashSend fake SMTP",
+            authenticator=handler.authenticate,
+            auth_require_tls=False,  # AUTH over plain SMTP: the fake has no TLS
         )
         self._sock = sock
         self._state = state
@@ -219,13 +354,27 @@ class FakeSmtpServer(StartStop):
     Behaviours (``set_behaviour``): ``ok``; ``error``: ``451 4.3.0`` at DATA (Django
     raises ``smtplib.SMTPDataError``); ``reject`` / ``reject_recipients``: ``550 5.1.1``
     at RCPT (``smtplib.SMTPRecipientsRefused`` once every recipient is refused);
-    ``fail_next=N``: the next N messages get the 451; ``delay_ms`` before each DATA
-    answer.
+    ``auth_fail``: every AUTH gets ``535 5.7.8`` (``smtplib.SMTPAuthenticationError``),
+    whatever the credentials; ``reject_sender``: ``553 5.7.1`` at MAIL FROM
+    (``smtplib.SMTPSenderRefused``); ``fail_next=N``: the next N messages get the 451;
+    ``delay_ms`` before each DATA answer.
+
+    AUTH (PLAIN, LOGIN) is offered without TLS. ``username``/``password``: given ones
+    are enforced (``535 5.7.8`` otherwise), and either makes AUTH required before MAIL
+    (``530 5.7.0``). Without them any login is accepted and none is needed. Each AUTH
+    is recorded (``auth_attempts``), and each message with the login that sent it.
     """
 
-    def __init__(self, *, port: int = 0, max_records: int = 100_000) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        max_records: int = 100_000,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self._port = port
-        self._state = _State(max_records)
+        self._state = _State(max_records, _Credentials(username, password))
         self._lifecycle = threading.Lock()
         self._controller: _Controller | None = None
         self._bound_port: int | None = None
@@ -297,12 +446,16 @@ class FakeSmtpServer(StartStop):
         return self._state.behaviour
 
     def reset(self) -> None:
-        """Forget messages, behaviour and the connection count."""
+        """Forget messages, AUTH attempts, behaviour and the connection count."""
         self._state.reset()
 
     def messages(self) -> list[SmtpMessage]:
         """Accepted messages, oldest first."""
         return self._state.messages()
+
+    def auth_attempts(self) -> list[SmtpAuthAttempt]:
+        """Every AUTH exchange that reached a login check, oldest first."""
+        return self._state.auth_attempts()
 
     def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[SmtpMessage]:
         """Poll until ``count`` messages arrived (for senders on other threads)."""
@@ -314,4 +467,11 @@ class FakeSmtpServer(StartStop):
         return found
 
 
-__all__ = ["SMTP_MODES", "FakeSmtpServer", "SmtpBehaviour", "SmtpMessage", "SmtpMode"]
+__all__ = [
+    "SMTP_MODES",
+    "FakeSmtpServer",
+    "SmtpAuthAttempt",
+    "SmtpBehaviour",
+    "SmtpMessage",
+    "SmtpMode",
+]

@@ -9,6 +9,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from notifications.providers.base import OutboundMessage, Provider, ProviderError, SendResult
+from notifications.providers.http_session import read_environment_once
 
 # Error codes that describe the recipient or the message, not Twilio or our account:
 # another provider would refuse them too, so they end the notification as failed.
@@ -35,14 +36,15 @@ class TwilioProvider(Provider):
     channel = "sms"
 
     def __init__(self) -> None:
+        http_client = TwilioHttpClient(timeout=settings.PROVIDER_TIMEOUT_SECONDS)
         self._client = Client(
-            settings.TWILIO_ACCOUNT_SID,
-            settings.TWILIO_AUTH_TOKEN,
-            http_client=TwilioHttpClient(timeout=settings.PROVIDER_TIMEOUT_SECONDS),
+            settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client
         )
         if settings.TWILIO_BASE_URL:
             # The SDK has no host option; its API domain object holds the base URL.
             self._client.api.base_url = settings.TWILIO_BASE_URL
+        if http_client.session is not None:
+            read_environment_once(http_client.session, self._client.api.base_url)
 
     def send(self, message: OutboundMessage) -> SendResult:
         sender = settings.TWILIO_PHONE_NUMBER

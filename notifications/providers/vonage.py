@@ -12,6 +12,7 @@ from vonage_sms import SmsMessage
 from vonage_sms.errors import PartialFailureError, SmsError
 
 from notifications.providers.base import OutboundMessage, Provider, ProviderError, SendResult
+from notifications.providers.http_session import read_environment_once
 
 # The SMS API answers HTTP 200 with a per-message status; these describe the
 # recipient, so no other provider would do better.
@@ -38,14 +39,14 @@ class VonageProvider(Provider):
             Auth(api_key=settings.VONAGE_API_KEY, api_secret=settings.VONAGE_API_SECRET),
             http_client_options=options,
         )
+        session = self._client.http_client._session
         if settings.VONAGE_CA_BUNDLE:
             # The SDK always speaks https and has no option for the CA to trust; a
             # private CA (a test fake, a TLS-inspecting proxy) is set on its session.
             # requests lets REQUESTS_CA_BUNDLE from the environment override a
-            # session's verify, so the session stops reading the environment.
-            session = self._client.http_client._session
+            # session's verify, so the session stops reading the environment (below).
             session.verify = settings.VONAGE_CA_BUNDLE
-            session.trust_env = False
+        read_environment_once(session, f"https://{settings.VONAGE_REST_HOST}")
 
     def send(self, message: OutboundMessage) -> SendResult:
         sms = SmsMessage(to=message.to.lstrip("+"), from_=settings.VONAGE_FROM, text=message.body)
@@ -72,8 +73,15 @@ def _partial(exc: PartialFailureError) -> ProviderError:
     """
     response: object = getattr(exc, "response", None)
     parts = response.get("messages", []) if isinstance(response, dict) else []
-    statuses = [str(part.get("status")) for part in parts if isinstance(part, dict)]
+    entries = [part for part in parts if isinstance(part, dict)]
+    statuses = [str(part.get("status")) for part in entries]
     sent = statuses.count("0")
+    if statuses and not sent:
+        # No part went out (the SDK raises this for any multi-part answer with a
+        # failure): nothing can be duplicated, so the first part's status decides,
+        # as it does for a one-part text.
+        first = entries[0]
+        return _classify_status(f"error code {first.get('status')}: {first.get('error-text', '')}")
     return ProviderError(
         f"Vonage delivered {sent} of {len(statuses) or '?'} parts; not resent to avoid "
         f"duplicates (part statuses: {', '.join(statuses) or 'unknown'})",

@@ -30,6 +30,9 @@ from vonage_http_client.errors import (  # type: ignore[import-untyped, unused-i
     ServerError,
 )
 from vonage_sms import SmsError, SmsMessage  # type: ignore[import-untyped, unused-ignore]
+from vonage_sms.errors import (  # type: ignore[import-untyped, unused-ignore]
+    PartialFailureError,
+)
 
 from flashsend.fakes import FakeProviderServer, FakeSmtpServer
 
@@ -41,6 +44,9 @@ RECIPIENT = "+15551230001"
 VONAGE_TO = "447700900001"
 VONAGE_KEY = "key"
 VONAGE_SECRET = "secret"
+THREE_PARTS = "x" * 400  # GSM-7: 153 characters a part once split
+SMTP_USER = "mailer@example.com"
+SMTP_PASSWORD = "app-password"
 
 
 # --- Fixtures and clients -------------------------------------------------------------
@@ -101,12 +107,12 @@ def send_vonage(client: Any, to: str = VONAGE_TO, text: str = "Your code is 1234
     return client.sms.send(SmsMessage(to=to, from_="FlashSend", text=text))
 
 
-def smtp_backend(server: FakeSmtpServer) -> EmailBackend:
+def smtp_backend(server: FakeSmtpServer, username: str = "", password: str = "") -> EmailBackend:
     return EmailBackend(
         host=server.host,
         port=server.port,
-        username="",
-        password="",
+        username=username,
+        password=password,
         use_tls=False,
         use_ssl=False,
         timeout=2,
@@ -341,6 +347,94 @@ def test_environment_ca_bundle_overrides_session_verify(
     assert send_vonage(client).messages[0].status == "0"
 
 
+# --- Vonage: a long text refused part-way ---------------------------------------------
+
+
+def test_vonage_partial_mode_accepts_the_first_part_only(tls_fake: FakeProviderServer) -> None:
+    tls_fake.set_behaviour("vonage", "partial")
+    with pytest.raises(PartialFailureError) as caught:
+        send_vonage(vonage_client(tls_fake), text=THREE_PARTS)
+
+    answer = caught.value.response  # the SDK hands over the parsed JSON body
+    assert answer["message-count"] == "3"
+    first, *rest = answer["messages"]
+    assert (first["status"], first["to"]) == ("0", VONAGE_TO)
+    assert first["message-id"]
+    assert [(m["status"], m["error-text"], m["to"]) for m in rest] == [
+        ("1", "Throttled", VONAGE_TO),
+        ("1", "Throttled", VONAGE_TO),
+    ]
+    assert all("message-id" not in m for m in rest)
+    [recorded] = tls_fake.messages("vonage")
+    assert (recorded.segments, recorded.failed_segments) == (3, 2)
+    assert recorded.message_id == first["message-id"]
+    assert recorded.body == THREE_PARTS
+    [request] = tls_fake.requests()
+    assert (request.status, request.outcome) == (200, "partial")
+    assert request.response == answer
+
+
+def test_vonage_partial_mode_accepted_parts(tls_fake: FakeProviderServer) -> None:
+    client = vonage_client(tls_fake)
+    tls_fake.set_behaviour("vonage", "partial", accepted_parts=2)
+    with pytest.raises(PartialFailureError) as caught:
+        send_vonage(client, text=THREE_PARTS)
+    assert [m["status"] for m in caught.value.response["messages"]] == ["0", "0", "1"]
+
+    # A text that fits in the accepted parts is simply accepted.
+    assert send_vonage(client, text="short").messages[0].status == "0"
+    assert [r.outcome for r in tls_fake.requests()] == ["partial", "ok"]
+    assert [m.failed_segments for m in tls_fake.messages()] == [1, 0]
+
+    # Nothing accepted: every part refused, nothing delivered, nothing recorded.
+    tls_fake.reset()
+    tls_fake.set_behaviour("vonage", "partial", accepted_parts=0)
+    with pytest.raises(PartialFailureError) as refused:
+        send_vonage(client, text=THREE_PARTS)
+    assert [m["status"] for m in refused.value.response["messages"]] == ["1", "1", "1"]
+    with pytest.raises(SmsError, match="error code 1: Throttled") as single:
+        send_vonage(client, text="short")
+    assert not isinstance(single.value, PartialFailureError)
+    assert tls_fake.messages() == []
+
+
+def test_vonage_partial_mode_still_rejects_invalid_numbers(tls_fake: FakeProviderServer) -> None:
+    tls_fake.set_behaviour("vonage", "partial", reject_numbers=[VONAGE_TO])
+    with pytest.raises(SmsError, match="error code 3"):
+        send_vonage(vonage_client(tls_fake), text=THREE_PARTS)
+    assert tls_fake.requests()[0].outcome == "reject"
+
+
+def test_vonage_partial_mode_after_fail_next(tls_fake: FakeProviderServer) -> None:
+    tls_fake.set_behaviour("vonage", "partial", fail_next=1)
+    client = vonage_client(tls_fake)
+    with pytest.raises(ServerError):
+        send_vonage(client, text=THREE_PARTS)
+    with pytest.raises(PartialFailureError):
+        send_vonage(client, text=THREE_PARTS)
+
+
+def test_partial_mode_is_vonage_only_and_validated(
+    fake: FakeProviderServer, control: requests.Session
+) -> None:
+    with pytest.raises(ValueError, match="vonage only"):
+        fake.set_behaviour("twilio", "partial")
+    with pytest.raises(ValueError, match="accepted_parts"):
+        fake.set_behaviour("vonage", "partial", accepted_parts=-1)
+    assert fake.behaviour("twilio").mode == "ok"
+
+    base = fake.url + "/_fake/behaviour"
+    refused = control.post(base, json={"provider": "twilio", "mode": "partial"})
+    assert refused.status_code == 400
+    assert "vonage only" in refused.json()["error"]
+    body = {"provider": "vonage", "mode": "partial", "accepted_parts": 2}
+    answer = control.post(base, json=body)
+    assert answer.status_code == 200
+    assert (answer.json()["mode"], answer.json()["accepted_parts"]) == ("partial", 2)
+    assert fake.behaviour("vonage").accepted_parts == 2
+    assert control.get(base).json()["vonage"]["accepted_parts"] == 2
+
+
 # --- Control endpoints and lifecycle -------------------------------------------------
 
 
@@ -487,6 +581,121 @@ def test_smtp_stop_leaves_no_threads() -> None:
     assert set(threading.enumerate()) - before == set()
 
 
+# --- SMTP: AUTH and sender refusals ---------------------------------------------------
+
+
+@pytest.fixture
+def smtp_auth() -> Iterator[FakeSmtpServer]:
+    with FakeSmtpServer(username=SMTP_USER, password=SMTP_PASSWORD) as server:
+        yield server
+
+
+def test_smtp_right_credentials_deliver(smtp_auth: FakeSmtpServer) -> None:
+    with smtp_backend(smtp_auth, SMTP_USER, SMTP_PASSWORD) as backend:
+        assert backend.send_messages([email(1), email(2)]) == 2
+    assert [m.login for m in smtp_auth.messages()] == [SMTP_USER, SMTP_USER]
+    [attempt] = smtp_auth.auth_attempts()  # one login for the whole session
+    assert (attempt.login, attempt.mechanism, attempt.accepted) == (SMTP_USER, "PLAIN", True)
+
+
+def test_smtp_auth_login_mechanism(smtp_auth: FakeSmtpServer) -> None:
+    with smtplib.SMTP(smtp_auth.host, smtp_auth.port, timeout=2) as relay:
+        relay.ehlo()
+        assert "LOGIN" in relay.esmtp_features["auth"].split()
+        relay.user, relay.password = SMTP_USER, SMTP_PASSWORD
+        code, _ = relay.auth("LOGIN", relay.auth_login)
+        assert code == 235
+        relay.sendmail("a@example.com", ["b@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
+    [message] = smtp_auth.messages()
+    assert message.login == SMTP_USER
+    assert [(a.mechanism, a.accepted) for a in smtp_auth.auth_attempts()] == [("LOGIN", True)]
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [(SMTP_USER, "wrong"), ("someone@example.com", SMTP_PASSWORD)],
+    ids=["password", "username"],
+)
+def test_smtp_wrong_credentials_are_535(
+    smtp_auth: FakeSmtpServer, username: str, password: str
+) -> None:
+    backend = smtp_backend(smtp_auth, username, password)
+    with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+        backend.send_messages([email()])
+    backend.close()
+    assert caught.value.smtp_code == 535
+    reply: object = caught.value.smtp_error
+    assert isinstance(reply, bytes)
+    assert reply.startswith(b"5.7.8")
+    assert smtp_auth.messages() == []
+    attempts = smtp_auth.auth_attempts()
+    assert attempts  # smtplib tries PLAIN, then LOGIN
+    assert {(a.login, a.accepted) for a in attempts} == {(username, False)}
+
+
+def test_smtp_credentials_given_make_auth_required(smtp_auth: FakeSmtpServer) -> None:
+    with smtp_backend(smtp_auth) as backend, pytest.raises(smtplib.SMTPSenderRefused) as caught:
+        backend.send_messages([email()])
+    assert caught.value.smtp_code == 530
+    assert smtp_auth.messages() == []
+    assert smtp_auth.auth_attempts() == []
+
+
+def test_smtp_without_credentials_any_login_or_none_is_accepted(smtp: FakeSmtpServer) -> None:
+    with smtp_backend(smtp, "anyone", "anything") as backend:
+        backend.send_messages([email(1)])
+    with smtp_backend(smtp) as backend:
+        backend.send_messages([email(2)])
+    assert [m.login for m in smtp.messages()] == ["anyone", None]
+    assert [(a.login, a.accepted) for a in smtp.auth_attempts()] == [("anyone", True)]
+
+
+def test_smtp_auth_fail_mode_refuses_every_login(smtp_auth: FakeSmtpServer) -> None:
+    smtp_auth.set_behaviour("auth_fail")
+    backend = smtp_backend(smtp_auth, SMTP_USER, SMTP_PASSWORD)
+    with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+        backend.send_messages([email()])
+    backend.close()
+    assert caught.value.smtp_code == 535
+    assert not any(a.accepted for a in smtp_auth.auth_attempts())
+
+    smtp_auth.set_behaviour("ok")
+    with smtp_backend(smtp_auth, SMTP_USER, SMTP_PASSWORD) as again:
+        assert again.send_messages([email()]) == 1
+    assert smtp_auth.auth_attempts()[-1].accepted
+
+
+def test_smtp_reject_sender_mode_refuses_mail_from(smtp: FakeSmtpServer) -> None:
+    smtp.set_behaviour("reject_sender")
+    with smtp_backend(smtp, "anyone", "anything") as backend:
+        with pytest.raises(smtplib.SMTPSenderRefused) as caught:
+            backend.send_messages([email()])
+        assert caught.value.smtp_code == 553
+        assert "noreply@example.com" in caught.value.sender
+        reply: object = caught.value.smtp_error
+        assert isinstance(reply, bytes)
+        assert reply.startswith(b"5.7.1 <noreply@example.com>: Sender address rejected")
+        assert b"anyone" in reply
+        smtp.set_behaviour("ok")
+        assert backend.send_messages([email()]) == 1  # the same session recovers
+    assert len(smtp.messages()) == 1
+
+
+def test_smtp_reset_forgets_auth_attempts(smtp: FakeSmtpServer) -> None:
+    smtp.set_behaviour("auth_fail")
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        smtp_backend(smtp, "anyone", "anything").open()
+    assert smtp.auth_attempts()
+    smtp.reset()
+    assert smtp.auth_attempts() == []
+    assert smtp.behaviour().mode == "ok"
+
+
+def test_smtp_set_behaviour_validates(smtp: FakeSmtpServer) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        smtp.set_behaviour("explode")  # type: ignore[arg-type]
+
+
 # --- python -m flashsend.fakes --------------------------------------------------------
 
 
@@ -508,7 +717,7 @@ def test_command_line_runs_all_three_fakes(tmp_path: Path) -> None:
         for line in process.stdout:
             name, _, value = line.strip().partition("=")
             settings[name] = value
-            if name == "SMTP_SECURITY":
+            if name == "SMTP_PASSWORD":
                 break
         client = Client(settings["TWILIO_ACCOUNT_SID"], settings["TWILIO_AUTH_TOKEN"])
         client.api.base_url = settings["TWILIO_BASE_URL"]
@@ -527,6 +736,9 @@ def test_command_line_runs_all_three_fakes(tmp_path: Path) -> None:
         assert send_vonage(vonage_fake).messages[0].status == "0"
 
         with smtplib.SMTP(settings["SMTP_HOST"], int(settings["SMTP_PORT"]), timeout=2) as relay:
+            with pytest.raises(smtplib.SMTPSenderRefused):  # enforced: login first
+                relay.sendmail("a@example.com", ["b@example.com"], b"Subject: hi\r\n\r\nhi\r\n")
+            relay.login(settings["SMTP_USERNAME"], settings["SMTP_PASSWORD"])
             relay.sendmail("a@example.com", ["b@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0

@@ -6,11 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import User
 from notifications import lifecycle
-from notifications.models import Notification, Status
+from notifications.models import AttemptOutcome, DeliveryAttempt, Notification, Status
 
 pytestmark = pytest.mark.django_db
 
@@ -76,6 +78,60 @@ def test_transitions_leave_processing_only(user: User) -> None:
     assert (row.status, row.provider, row.provider_message_id) == (Status.SENT, "twilio", "SM1")
     assert row.sent_at is not None
     assert row.finished_at is not None
+
+
+def _attempt(row: Notification, provider: str, latency_ms: int = 40) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        notification=row,
+        round=1,
+        provider=provider,
+        outcome=AttemptOutcome.TRANSIENT if provider == "twilio" else AttemptOutcome.SUCCESS,
+        latency_ms=latency_ms,
+        started_at=timezone.now(),
+    )
+
+
+def test_verdict_and_attempts_are_written_in_one_statement(user: User) -> None:
+    row = _row(user)
+    lifecycle.claim(row.id, lease=LEASE)
+    attempts = [_attempt(row, "twilio"), _attempt(row, "vonage")]
+    with CaptureQueriesContext(connection) as queries:
+        won = lifecycle.mark_sent(
+            row.id, provider="vonage", provider_message_id="V1", attempts=attempts
+        )
+    assert won
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1, [q["sql"] for q in queries]
+    row.refresh_from_db()
+    assert (row.status, row.provider) == (Status.SENT, "vonage")
+    stored = list(row.attempts.order_by("id").values_list("provider", "outcome", "latency_ms"))
+    assert stored == [("twilio", "transient", 40), ("vonage", "success", 40)]
+
+
+def test_attempts_are_kept_when_the_row_is_no_longer_ours(user: User) -> None:
+    row = _row(user)
+    lifecycle.claim(row.id, lease=LEASE)
+    assert lifecycle.cancel(row.id) is False  # processing cannot be canceled...
+    Notification.objects.filter(id=row.id).update(status=Status.QUEUED)  # ...but released
+    won = lifecycle.mark_dead(row.id, error="late", attempts=[_attempt(row, "twilio")])
+    assert not won
+    row.refresh_from_db()
+    assert row.status == Status.QUEUED
+    assert row.attempts.count() == 1  # the provider was called: that stays on record
+
+
+def test_a_failed_attempt_insert_leaves_the_verdict_unwritten(user: User) -> None:
+    row = _row(user)
+    lifecycle.claim(row.id, lease=LEASE)
+    broken = _attempt(row, "twilio", latency_ms=-1)  # violates the positive check
+    # The savepoint only lets the test's own transaction go on after the error.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        lifecycle.mark_retrying(
+            row.id, error="x", next_attempt_at=timezone.now(), attempts=[broken]
+        )
+    row.refresh_from_db()
+    assert row.status == Status.PROCESSING
+    assert row.attempts.count() == 0
 
 
 def test_retrying_records_error_and_next_attempt(user: User) -> None:
