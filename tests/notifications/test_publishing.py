@@ -1,0 +1,75 @@
+"""Batch publishing on RabbitMQ counts only what the broker confirmed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from accounts.models import User
+from flashsend.celery import app
+from notifications.models import Notification
+from notifications.publishing import publish_many
+from tests.pipeline import purge_queues, queue_depth
+
+pytestmark = [pytest.mark.django_db, pytest.mark.services]
+POLICY = "flashsend-test-full-queue"
+
+
+def _rows(user: User, count: int, priority: str = "medium") -> list[Notification]:
+    return Notification.objects.bulk_create(
+        Notification(
+            owner=user, channel="sms", recipient="+14155552671", body=f"b {i}", priority=priority
+        )
+        for i in range(count)
+    )
+
+
+@pytest.fixture
+def rabbitmq_only() -> None:
+    if not app.conf.broker_transport_options.get("confirm_publish"):
+        pytest.skip("publisher confirms exist on RabbitMQ only; the broker here is another")
+
+
+@pytest.fixture
+def full_low_queue(rabbitmq_only: None) -> Iterator[None]:
+    """sms.low holds 5 messages and refuses more: RabbitMQ nacks the publishes.
+
+    Set by a policy, so the queue keeps the arguments every publisher declares.
+    """
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        pytest.skip("rabbitmqctl is not installed here; no policy can be set")
+    vhost = urlsplit(app.conf.broker_url).path.lstrip("/") or "/"
+    limit = json.dumps({"max-length": 5, "overflow": "reject-publish"})
+    command = [ctl, "--quiet", "set_policy", "-p", vhost, "--apply-to", "queues"]
+    purge_queues()
+    subprocess.run([*command, POLICY, r"^sms\.low$", limit], check=True)  # noqa: S603
+    try:
+        yield
+    finally:
+        subprocess.run([ctl, "--quiet", "clear_policy", "-p", vhost, POLICY], check=True)  # noqa: S603
+        purge_queues()
+
+
+def test_a_large_batch_is_published_and_marked(user: User, rabbitmq_only: None) -> None:
+    purge_queues()
+    rows = _rows(user, 2000)
+    published = publish_many((row.pk, row.queue_name) for row in rows)
+    assert published == [row.pk for row in rows]
+    assert queue_depth("sms.medium") == 2000
+    assert not Notification.objects.filter(published_at__isnull=True).exists()
+    purge_queues()
+
+
+def test_only_confirmed_publishes_count(user: User, full_low_queue: None) -> None:
+    rows = _rows(user, 12, priority="low")
+    published = publish_many((row.pk, row.queue_name) for row in rows)
+    assert published == [row.pk for row in rows[:5]]
+    assert queue_depth("sms.low") == 5
+    unpublished = Notification.objects.filter(published_at__isnull=True)
+    assert sorted(unpublished.values_list("id", flat=True)) == [row.pk for row in rows[5:]]
