@@ -13,7 +13,9 @@ import threading
 import requests
 from celery import Celery
 
-app = Celery("bench_raw", broker=os.environ["CELERY_BROKER_URL"])
+# Not the current app: FlashSend's shared tasks, published from the same benchmark
+# process, must keep resolving to FlashSend's app and its queue declarations.
+app = Celery("bench_raw", broker=os.environ["CELERY_BROKER_URL"], set_as_current=False)
 app.conf.update(
     task_ignore_result=True,
     task_acks_late=True,

@@ -8,8 +8,9 @@ and kept between runs. Each run adds N rows that are due, then times one call of
 the scheduler's task body (notification_dispatch_due: batches of SELECT … FOR
 UPDATE SKIP LOCKED, flip to queued, publish on commit, mark published) until all N
 are in RabbitMQ. The baseline is the raw publish rate on the same broker in the
-same run: N delivery-task messages published with Celery on one producer, as the
-scheduler does, with no database at all. Needs PostgreSQL and RabbitMQ.
+same run: the same N delivery-task messages published in the same batches through
+the same code (notifications.publishing.publish_batch), with no database at all.
+Needs PostgreSQL and RabbitMQ.
 """
 
 from __future__ import annotations
@@ -142,17 +143,19 @@ def _dispatch_run(owner_id: int, due: int) -> dict[str, Any]:
 
 
 def _publish_run(n: int) -> dict[str, Any]:
-    """The ceiling: the same publish call on one producer, no database."""
-    from flashsend.celery import app
-    from notifications.publishing import publish_one
+    """The ceiling: the same publishes in the same batches, with no database."""
+    from django.conf import settings
+
+    from notifications.publishing import publish_batch
     from tests.pipeline import purge_queues
 
     purge_queues()
+    size = settings.SCHEDULER_BATCH_SIZE
     started = time.perf_counter()
-    with app.producer_or_acquire() as producer:
-        for i in range(n):
-            if not publish_one(i, "sms.medium", producer):
-                raise RuntimeError("the broker refused a publish")
+    for first in range(0, n, size):
+        batch = [(i, "sms.medium") for i in range(first, min(n, first + size))]
+        if len(publish_batch(batch)) != len(batch):
+            raise RuntimeError("the broker refused a publish")
     seconds = time.perf_counter() - started
     purge_queues()
     return {"n": n, "seconds": round(seconds, 3), "per_second": round(n / seconds, 1)}

@@ -135,15 +135,18 @@ published_marks = PublishedMarks()
 def publish_many(rows: Iterable[tuple[int, str]]) -> list[int]:
     """Publish (id, queue) pairs, stopping at the first broker failure; mark what the
     broker took as published and return those ids."""
-    rows = list(rows)
+    published = publish_batch(list(rows))
+    lifecycle.mark_published(published)
+    return published
+
+
+def publish_batch(rows: list[tuple[int, str]]) -> list[int]:
+    """Publish (id, queue) pairs; the ids the broker took, without touching the rows."""
     if not rows:
         return []
     if celery_app.conf.broker_transport_options.get("confirm_publish"):
-        published = _publish_batch_confirmed(rows)
-    else:
-        published = _publish_each(rows)
-    lifecycle.mark_published(published)
-    return published
+        return _publish_batch_confirmed(rows)
+    return _publish_each(rows)
 
 
 def _publish_each(rows: list[tuple[int, str]]) -> list[int]:
@@ -180,7 +183,9 @@ def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
 
     confirms: _Confirms | None = None
     try:
-        with celery_app.connection_for_write() as connection:
+        # A pooled connection (declared queues are remembered per connection), and
+        # a channel of its own: confirm mode and its numbering belong to a channel.
+        with celery_app.connection_or_acquire() as connection:
             channel: Any = connection.channel()
             try:
                 confirms = _Confirms(channel)
