@@ -49,9 +49,10 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5, help="of FlashSend's maximum")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--delay-ms", type=int, default=50, help="fake provider latency")
     args = parser.parse_args()
     # bench.pipeline's helpers read these.
-    args.pool, args.processes, args.delay_ms = "threads", 1, 50
+    args.pool, args.processes = "threads", 1
     _prepare_services()
     from flashsend.fakes import FakeProviderServer
 
@@ -117,8 +118,8 @@ def _steady_flashsend(fake: Any, env: dict[str, str], args: Any, rate: int) -> d
     command = ["celery", "-A", "flashsend", "worker", "-Q", "sms.medium"]
     workers = _start_workers(command, env, args, args.concurrency)
     try:
-        _warm_up(fake, produce)
-        fake.reset()
+        _warm_up(fake, produce, args)
+        _reset(fake, args)
         ids.clear()
         produced = _steady(produce, rate, args.seconds)
         fake.wait_for_messages(produced, provider="twilio", timeout=60 + args.seconds)
@@ -149,8 +150,8 @@ def _steady_raw(fake: Any, env: dict[str, str], args: Any, rate: int) -> dict[st
     command = ["celery", "-A", "bench.rawtask", "worker", "-Q", "bench.raw"]
     workers = _start_workers(command, env, args, args.concurrency)
     try:
-        _warm_up(fake, produce)
-        fake.reset()
+        _warm_up(fake, produce, args)
+        _reset(fake, args)
         published.clear()
         produced = _steady(produce, rate, args.seconds)
         messages = fake.wait_for_messages(produced, provider="twilio", timeout=60 + args.seconds)
@@ -160,11 +161,17 @@ def _steady_raw(fake: Any, env: dict[str, str], args: Any, rate: int) -> dict[st
     return _summary(spans, produced)
 
 
-def _warm_up(fake: Any, produce: Any) -> None:
+def _warm_up(fake: Any, produce: Any, args: Any) -> None:
     """A few messages through a fresh worker, so start-up is not in the figures."""
-    fake.reset()
+    _reset(fake, args)
     produce(20)
     fake.wait_for_messages(20, provider="twilio", timeout=60)
+
+
+def _reset(fake: Any, args: Any) -> None:
+    """Forget the fake's records; reset() also forgets its latency, so set it again."""
+    fake.reset()
+    fake.set_behaviour("twilio", delay_ms=args.delay_ms)
 
 
 def _summary(spans: list[timedelta], produced: int) -> dict[str, Any]:
