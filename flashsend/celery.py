@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from celery import Celery
@@ -11,8 +12,41 @@ from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flashsend.settings")
 
+
+class _CelerySettings(Mapping[str, Any]):
+    """Django's CELERY_* settings, read once into a plain dict.
+
+    Celery looks its configuration up on every publish (routes, protocol, defaults:
+    six lookups per message), trying several spellings of each key in each source.
+    Against django.conf.settings each miss is an AttributeError raised through
+    LazySettings; against a dict it is a cheap KeyError. Read at first use, not at
+    import, because Django's settings import this package.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._values is None:
+            from django.conf import settings
+
+            self._values = {
+                k: getattr(settings, k) for k in dir(settings) if k.startswith("CELERY_")
+            }
+        return self._values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
 app = Celery("flashsend")
-app.config_from_object("django.conf:settings", namespace="CELERY")
+app.config_from_object(_CelerySettings(), namespace="CELERY")
 app.autodiscover_tasks()
 
 logger = logging.getLogger(__name__)

@@ -347,6 +347,9 @@ DELIVERY_CLAIM_LEASE_SECONDS = env_int(
 SWEEPER_INTERVAL_SECONDS = env_float("SWEEPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
 SWEEPER_GRACE_SECONDS = env_float("SWEEPER_GRACE_SECONDS", 10.0, minimum=0.0)
 SWEEPER_BATCH_SIZE = env_int("SWEEPER_BATCH_SIZE", 500, minimum=1)
+# One sweep keeps publishing batches until nothing is left or this budget is spent:
+# after a broker outage thousands of rows wait, not one batch.
+SWEEPER_RUN_BUDGET_SECONDS = env_float("SWEEPER_RUN_BUDGET_SECONDS", 5.0, minimum=0.1)
 # A queued row published this long ago and still unclaimed is published again (its
 # message was lost after the broker took it). Long enough not to duplicate a normal
 # backlog's messages often; a duplicate is harmless anyway (the claim).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -154,27 +155,54 @@ def notification_sweep() -> SweepReport:
     now = timezone.now()
     lease = timedelta(seconds=settings.DELIVERY_CLAIM_LEASE_SECONDS)
     released = lifecycle.release_stale_claims(lease=lease)
+    deadline = time.monotonic() + settings.SWEEPER_RUN_BUDGET_SECONDS
     grace = now - timedelta(seconds=settings.SWEEPER_GRACE_SECONDS)
-    batch = settings.SWEEPER_BATCH_SIZE
-    unpublished = Notification.objects.filter(
-        status=Status.QUEUED, published_at__isnull=True, created_at__lt=grace
-    ).order_by("created_at")[:batch]
-    republished = publishing.publish_many(_targets(unpublished))
-    overdue = Notification.objects.filter(
-        Q(status=Status.RETRYING) & Q(next_attempt_at__lt=now - lease)
-    ).order_by("next_attempt_at")[:batch]
-    retried = publishing.publish_many(_targets(overdue))
-    lifecycle.postpone_overdue_retries(retried)
-    stale = Notification.objects.filter(
-        status=Status.QUEUED,
-        published_at__lt=now - timedelta(seconds=settings.SWEEPER_STALE_QUEUED_SECONDS),
-    ).order_by("published_at")[:batch]
-    stale_republished = publishing.publish_many(_targets(stale))
-    lifecycle.restamp_published(stale_republished)
+    republished = _in_batches(
+        lambda: Notification.objects.filter(
+            status=Status.QUEUED, published_at__isnull=True, created_at__lt=grace
+        ).order_by("created_at"),
+        deadline,
+    )
+    retried = _in_batches(
+        lambda: Notification.objects.filter(
+            Q(status=Status.RETRYING) & Q(next_attempt_at__lt=now - lease)
+        ).order_by("next_attempt_at"),
+        deadline,
+        then=lifecycle.postpone_overdue_retries,
+    )
+    stale_before = now - timedelta(seconds=settings.SWEEPER_STALE_QUEUED_SECONDS)
+    stale_republished = _in_batches(
+        lambda: Notification.objects.filter(
+            status=Status.QUEUED, published_at__lt=stale_before
+        ).order_by("published_at"),
+        deadline,
+        then=lifecycle.restamp_published,
+    )
     report = SweepReport(len(released), len(republished), len(retried), len(stale_republished))
     if any((report.released, report.republished, report.retries_republished, stale_republished)):
         logger.warning("sweeper: %s", report)
     return report
+
+
+def _in_batches(
+    select: Callable[[], Any], deadline: float, then: Callable[[list[int]], Any] | None = None
+) -> list[int]:
+    """Publish the selected rows a batch at a time until none is left, the broker
+    stops taking them, or the sweep's time budget is spent. Each batch's rows stop
+    matching once handled (marked published, restamped, postponed), so the next
+    query returns the next batch."""
+    done: list[int] = []
+    size = settings.SWEEPER_BATCH_SIZE
+    while True:
+        targets = _targets(select()[:size])
+        published = publishing.publish_many(targets)
+        if then is not None:
+            then(published)
+        done.extend(published)
+        if len(targets) < size or len(published) < len(targets):
+            return done
+        if time.monotonic() >= deadline:
+            return done
 
 
 def _targets(rows: Any) -> list[tuple[int, str]]:

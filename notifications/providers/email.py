@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
+from email.utils import make_msgid
 
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.core.mail.backends.smtp import EmailBackend
+from django.core.mail.utils import DNS_NAME
 
 from notifications.providers.base import OutboundMessage, Provider, ProviderError, SendResult
 
@@ -33,15 +35,17 @@ class SmtpProvider(Provider):
         )
 
     def send(self, message: OutboundMessage) -> SendResult:
+        # The Message-ID Django would make, made here so it can be returned without
+        # building the MIME message twice (once to read it, once to send).
+        message_id = make_msgid(domain=str(DNS_NAME))
         email = EmailMessage(
             subject=message.subject,
             body=message.body,
             from_email=settings.SMTP_FROM,
             to=[message.to],
+            headers={"Message-ID": message_id},
             connection=self._backend,
         )
-        message_id = str(email.message()["Message-ID"])
-        email.extra_headers["Message-ID"] = message_id
         try:
             # open() is a no-op while the connection is up: one SMTP session serves
             # every message this thread sends.

@@ -39,6 +39,17 @@ def test_sweep_publishes_old_unpublished_rows_only(user: User, settings: Any) ->
     assert notification_sweep().republished == 0  # nothing twice
 
 
+def test_one_sweep_publishes_batch_after_batch(user: User, settings: Any) -> None:
+    # After a broker outage thousands of rows wait: one sweep must not stop at one batch.
+    settings.SWEEPER_BATCH_SIZE = 2
+    rows = [_row(user, timedelta(minutes=1)) for _ in range(5)]
+    report = notification_sweep()
+    assert report.republished == 5
+    assert not Notification.objects.filter(
+        id__in=[r.id for r in rows], published_at__isnull=True
+    ).exists()
+
+
 def test_sweep_recovers_a_dead_workers_claim(user: User, settings: Any) -> None:
     settings.DELIVERY_CLAIM_LEASE_SECONDS = 300
     stuck = _row(
