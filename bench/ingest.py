@@ -3,10 +3,21 @@
     .venv/bin/python -m bench.ingest --seconds 10 --connections 32 --repeat 3
 
 Serves FlashSend with gunicorn as the README says to serve production (sync workers,
-two per core) on 127.0.0.1, and drives it with wrk (Debian's package) and a Lua POST
-script. The baseline is a bare DRF endpoint on the same server that inserts one row
+two per core) on 127.0.0.1. Each repeat has two phases, FlashSend and the baseline
+back to back in each:
+
+1. saturation: wrk (Debian's package) and a Lua POST script, ``--connections``
+   connections for ``--seconds``: requests/s and wrk's p50/p99;
+2. fixed rate: bench/loadgen.py (open loop, latency from each request's scheduled
+   time) at ``--fixed-rate-fraction`` of that repeat's FlashSend wrk rate, for
+   ``--fixed-seconds``, against FlashSend and then the baseline at the same rate;
+   and FlashSend at the same fraction of the goal's rate (half the baseline's wrk
+   rate), unless ``--no-goal-phase``.
+
+The baseline is a bare DRF endpoint on the same server that inserts one row
 (bench/urls.py). No Celery worker runs: the published tasks wait in RabbitMQ and are
-purged afterwards. Needs PostgreSQL, RabbitMQ and wrk.
+purged afterwards. gunicorn settings come from the environment as in production
+(``WEB_CONCURRENCY=8 python -m bench.ingest`` ...). Needs PostgreSQL, RabbitMQ and wrk.
 """
 
 from __future__ import annotations
@@ -16,12 +27,14 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from bench.pipeline import BROKER_URL, DATABASE_URL, RESULTS, ROOT, _prepare_services
 
@@ -34,6 +47,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--fixed-rate-fraction",
+        type=float,
+        default=0.8,
+        help="fixed-rate phase at this fraction of the repeat's FlashSend wrk rate (0: skip)",
+    )
+    parser.add_argument("--fixed-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--fixed-rate", type=float, help="fixed-rate phase at this many req/s instead"
+    )
+    parser.add_argument(
+        "--no-goal-phase",
+        dest="goal_phase",
+        action="store_false",
+        help="skip FlashSend at the fraction of half the baseline's rate",
+    )
     args = parser.parse_args()
     _prepare_services()
     env = {
@@ -53,21 +82,148 @@ def main() -> None:
     )
     try:
         _wait_up()
-        runs = []
+        runs: list[dict[str, Any]] = []
         for _ in range(args.repeat):
             ours = _wrk("/api/notify/send", {"X-API-Key": key}, args)
             base = _wrk("/bench/insert", {}, args)
-            runs.append({"flashsend": ours, "baseline": base})
+            run: dict[str, Any] = {"flashsend": ours, "baseline": base}
             print(f"flashsend {_line(ours)} | baseline {_line(base)}", end="", flush=True)
             print(f" | ratio {ours['rps'] / base['rps']:.2f}", flush=True)
+            if args.fixed_rate or args.fixed_rate_fraction > 0:
+                run.update(_fixed_phases(key, ours["rps"], base["rps"], args))
+            runs.append(run)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         _purge(env)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"ingest-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
+    server_env = {k: os.environ[k] for k in SERVER_KNOBS if k in os.environ}
+    summary = _summary(runs)
+    data = {"args": vars(args), "server_env": server_env, "runs": runs, "summary": summary}
+    path.write_text(json.dumps(data, indent=2))
+    _print_summary(summary)
     print(f"results: {path.relative_to(ROOT)}")
+
+
+# Environment variables that change how the server runs, recorded with the results.
+SERVER_KNOBS = (
+    "WEB_CONCURRENCY",
+    "WEB_THREADS",
+    "DB_POOL",
+    "DB_POOL_MIN_SIZE",
+    "DB_POOL_MAX_SIZE",
+    "PUBLISHED_MARK_INTERVAL_SECONDS",
+)
+
+
+def _fixed_phases(
+    key: str, ours_rps: float, base_rps: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """FlashSend then the baseline at one fixed rate; FlashSend at the goal's fraction."""
+    headers = {"X-API-Key": key}
+    rate = args.fixed_rate or args.fixed_rate_fraction * ours_rps
+    phases: dict[str, Any] = {
+        "fixed_rate": {
+            "fraction": None if args.fixed_rate else args.fixed_rate_fraction,
+            "of": "fixed" if args.fixed_rate else "flashsend wrk rate",
+            "rate": round(rate, 1),
+            "flashsend": _loadgen("/api/notify/send", headers, rate, args),
+            "baseline": _loadgen("/bench/insert", {}, rate, args),
+        }
+    }
+    fixed = phases["fixed_rate"]
+    print(
+        f"  fixed {rate:.0f}/s: flashsend {_fixed_line(fixed['flashsend'])}"
+        f" | baseline {_fixed_line(fixed['baseline'])}",
+        flush=True,
+    )
+    if args.goal_phase and not args.fixed_rate:
+        # The goal: >= 50 % of the baseline's rate, p99 < 50 ms at 80 % of that rate.
+        goal = args.fixed_rate_fraction * 0.5 * base_rps
+        phases["fixed_rate_goal"] = {
+            "fraction": args.fixed_rate_fraction,
+            "of": "half the baseline wrk rate",
+            "rate": round(goal, 1),
+            "flashsend": _loadgen("/api/notify/send", headers, goal, args),
+        }
+        print(
+            f"  goal {goal:.0f}/s: flashsend {_fixed_line(phases['fixed_rate_goal']['flashsend'])}",
+            flush=True,
+        )
+    return phases
+
+
+def _loadgen(
+    path: str, headers: dict[str, str], rate: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One fixed-rate phase by bench/loadgen.py in its own process."""
+    time.sleep(2)  # let the previous phase's backlog and the published-mark flushers settle
+    command = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        f"http://127.0.0.1:{PORT}{path}",
+        "--rate",
+        f"{rate:.2f}",
+        "--seconds",
+        str(args.fixed_seconds),
+        "--body",
+        BODY,
+        "--header",
+        "Content-Type: application/json",
+        *(arg for k, v in headers.items() for arg in ("--header", f"{k}: {v}")),
+    ]
+    output = subprocess.run(  # noqa: S603 - our own load generator on loopback
+        command, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def _fixed_line(run: dict[str, Any]) -> str:
+    bad = run["requests"] - run["ok"]
+    return (
+        f"p50 {run['p50_ms']} / p90 {run['p90_ms']} / p99 {run['p99_ms']} / "
+        f"max {run['max_ms']} ms ({run['achieved_rps']}/s, {bad} not 2xx, "
+        f"client lag p99 {run['send_lag_p99_ms']} ms)"
+    )
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and min-max over the repeats of every figure worth comparing."""
+    figures: dict[str, list[float]] = {
+        "flashsend_rps": [r["flashsend"]["rps"] for r in runs],
+        "baseline_rps": [r["baseline"]["rps"] for r in runs],
+        "ratio": [r["flashsend"]["rps"] / r["baseline"]["rps"] for r in runs],
+    }
+    for phase, kinds in (
+        ("fixed_rate", ("flashsend", "baseline")),
+        ("fixed_rate_goal", ("flashsend",)),
+    ):
+        chosen = [r[phase] for r in runs if phase in r]
+        if not chosen:
+            continue
+        figures[f"{phase}_rate"] = [p["rate"] for p in chosen]
+        for kind in kinds:
+            for stat in ("p50_ms", "p99_ms"):
+                values = [p[kind][stat] for p in chosen if p[kind][stat] is not None]
+                figures[f"{phase}_{kind}_{stat}"] = values
+    return {
+        name: {
+            "median": round(statistics.median(values), 2),
+            "min": round(min(values), 2),
+            "max": round(max(values), 2),
+        }
+        for name, values in figures.items()
+        if values
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    for name, spread in summary.items():
+        print(f"{name}: {spread['median']} ({spread['min']}-{spread['max']})")
 
 
 def _line(run: dict[str, float]) -> str:

@@ -1,0 +1,105 @@
+"""Where FlashSend's time per email goes: N serial deliveries under cProfile.
+
+    .venv/bin/python -m bench.peer_profile --n 500
+
+Stores N email notifications in ``flashsend_bench`` and calls
+``notification_deliver`` for each, one after the other in this process, against an
+instant fake SMTP sink (also in this process, on its own thread). Prints the wall and
+CPU time per email and the functions with the most cumulative time, grouped into the
+claim, the SMTP send and the recording of the verdict. No broker, no worker: this is
+the task body alone, which is what the peer benchmark's FlashSend runs repeat per email.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+from typing import Any
+
+from bench.pipeline import DATABASE_URL, ROOT
+
+# (file, function) of each stage of one delivery, as cProfile names them.
+STAGES = {
+    "claim (UPDATE ... RETURNING)": ("notifications/lifecycle.py", "claim"),
+    "SMTP send (the provider)": ("notifications/providers/email.py", "send"),
+    "record attempts + verdict": ("notifications/delivery.py", "record_verdict"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    from bench.peer import _skip_parsing
+    from flashsend.fakes import FakeSmtpServer
+
+    _skip_parsing()  # as in bench/peer.py: the sink only records arrivals
+    with FakeSmtpServer() as sink:
+        os.environ.update(
+            DATABASE_URL=DATABASE_URL,
+            EMAIL_PROVIDERS="smtp",
+            SMTP_HOST=sink.host,
+            SMTP_PORT=str(sink.port),
+            SMTP_SECURITY="none",
+            SMTP_EMAIL="",
+            SMTP_FROM="FlashSend <noreply@localhost>",
+            LOG_LEVEL="WARNING",
+        )
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flashsend.settings")
+        sys.path.insert(0, str(ROOT))
+        import django
+
+        django.setup()
+        from accounts.models import User
+        from notifications.delivery import Verdict, notification_deliver
+        from notifications.models import Notification
+
+        owner, _ = User.objects.get_or_create(email="bench@example.com")
+        rows = Notification.objects.bulk_create(
+            Notification(
+                owner=owner,
+                channel="email",
+                recipient=f"peer{i}@example.com",
+                subject=f"peer {i}",
+                body=f"bench {i}",
+            )
+            for i in range(2 * args.n + 20)
+        )
+        for row in rows[:20]:  # warm-up: connections, imports, caches
+            notification_deliver(notification_id=row.pk)
+        # First without the profiler (its own overhead doubles the time), then with it.
+        cpu, wall = time.process_time(), time.perf_counter()
+        verdicts = [
+            notification_deliver(notification_id=r.pk).verdict for r in rows[20 : 20 + args.n]
+        ]
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        sent = sum(v is Verdict.SENT for v in verdicts)
+        print(
+            f"{sent} of {args.n} sent; per email: {wall / args.n * 1000:.2f} ms wall, "
+            f"{cpu / args.n * 1000:.2f} ms CPU (this process, the sink's thread included)"
+        )
+        profile = cProfile.Profile()
+        profile.enable()
+        for row in rows[20 + args.n :]:
+            notification_deliver(notification_id=row.pk)
+        profile.disable()
+        print("under cProfile (times inflated by the profiler; the shares are what count):")
+        stats = pstats.Stats(profile)
+        entries: Any = stats.stats  # type: ignore[attr-defined]
+        for label, (path, function) in STAGES.items():
+            for (filename, _, name), (_, _, _, cumulative, _) in entries.items():
+                if filename.endswith(path) and name == function:
+                    print(f"  {label}: {cumulative / args.n * 1000:.2f} ms per email")
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(args.top)
+        print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
