@@ -183,9 +183,10 @@ def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
 
     confirms: _Confirms | None = None
     try:
-        # A pooled connection (declared queues are remembered per connection), and
-        # a channel of its own: confirm mode and its numbering belong to a channel.
-        with celery_app.connection_or_acquire() as connection:
+        # A connection of its own, closed afterwards: a pooled one that failed
+        # mid-batch (the broker restarting) stayed unusable in the pool. One
+        # handshake per batch is small beside hundreds of messages.
+        with celery_app.connection_for_write() as connection:
             channel: Any = connection.channel()
             try:
                 confirms = _Confirms(channel)

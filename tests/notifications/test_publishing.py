@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from accounts.models import User
 from flashsend.celery import app
 from notifications.models import Notification
-from notifications.publishing import publish_many
+from notifications.publishing import publish_batch, publish_many
 from tests.pipeline import purge_queues, queue_depth
 
 pytestmark = [pytest.mark.django_db, pytest.mark.services]
@@ -73,3 +74,18 @@ def test_only_confirmed_publishes_count(user: User, full_low_queue: None) -> Non
     assert queue_depth("sms.low") == 5
     unpublished = Notification.objects.filter(published_at__isnull=True)
     assert sorted(unpublished.values_list("id", flat=True)) == [row.pk for row in rows[5:]]
+
+
+def test_batches_publish_again_once_rabbitmq_is_back(
+    user: User, rabbitmq_only: None, rabbitmq_control: Any
+) -> None:
+    purge_queues()
+    assert len(publish_batch([(1, "sms.low")])) == 1
+    rabbitmq_control.stop()
+    try:
+        assert publish_batch([(2, "sms.low")]) == []  # refused, left to the sweeper
+    finally:
+        rabbitmq_control.start()
+    # A connection broken by the restart must not stay in use.
+    assert publish_batch([(3, "sms.low"), (4, "sms.low")]) == [3, 4]
+    purge_queues()
