@@ -8,6 +8,7 @@ or the sweeper got there first, and the caller must not act as if it had.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -148,7 +149,12 @@ def _leave_processing(
     if attempts and connection.vendor == "postgresql":
         update_sql, update_params = _update_sql(leaving, changes)
         insert_sql, insert_params = _insert_sql(attempts)
-        with connection.cursor() as cursor:
+        # Inside a caller's transaction a savepoint keeps a failed statement from
+        # aborting it (the worker calls this in autocommit: no extra round trips).
+        with (
+            transaction.atomic(savepoint=True) if connection.in_atomic_block else nullcontext(),
+            connection.cursor() as cursor,
+        ):
             cursor.execute(
                 f"WITH attempts AS ({insert_sql}) {update_sql}", (*insert_params, *update_params)
             )

@@ -144,7 +144,10 @@ def publish_batch(rows: list[tuple[int, str]]) -> list[int]:
     """Publish (id, queue) pairs; the ids the broker took, without touching the rows."""
     if not rows:
         return []
-    if celery_app.conf.broker_transport_options.get("confirm_publish"):
+    conf = celery_app.conf
+    # The batch path maps the channel's n-th confirm to the n-th row: it needs one
+    # message per task, and Celery's task-sent events would add a second.
+    if conf.broker_transport_options.get("confirm_publish") and not conf.task_send_sent_event:
         return _publish_batch_confirmed(rows)
     return _publish_each(rows)
 
