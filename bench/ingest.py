@@ -249,10 +249,10 @@ def _setup(env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def _wait_up() -> None:
-    for _ in range(100):
+def _wait_up(port: int = PORT) -> None:
+    for _ in range(150):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/ping", timeout=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
                 return
         except OSError:
             time.sleep(0.2)

@@ -22,6 +22,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -116,15 +117,7 @@ def _steady_flashsend(fake: Any, env: dict[str, str], args: Any, rate: int) -> d
         ids.extend(row.pk for row in rows)
 
     command = ["celery", "-A", "flashsend", "worker", "-Q", "sms.medium"]
-    workers = _start_workers(command, env, args, args.concurrency)
-    try:
-        _warm_up(fake, produce, args)
-        _reset(fake, args)
-        ids.clear()
-        produced = _steady(produce, rate, args.seconds)
-        fake.wait_for_messages(produced, provider="twilio", timeout=60 + args.seconds)
-    finally:
-        _stop(workers)
+    produced, _ = _steady_phase(fake, env, args, rate, command, produce, forget=ids.clear)
     pairs = Notification.objects.filter(id__in=ids, status=Status.SENT).values_list(
         "created_at", "sent_at"
     )
@@ -148,20 +141,37 @@ def _steady_raw(fake: Any, env: dict[str, str], args: Any, rate: int) -> dict[st
                 raw_send.apply_async((n,), producer=producer)
 
     command = ["celery", "-A", "bench.rawtask", "worker", "-Q", "bench.raw"]
-    workers = _start_workers(command, env, args, args.concurrency)
-    try:
-        _warm_up(fake, produce, args)
-        _reset(fake, args)
-        published.clear()
-        produced = _steady(produce, rate, args.seconds)
-        messages = fake.wait_for_messages(produced, provider="twilio", timeout=60 + args.seconds)
-    finally:
-        _stop(workers)
+    produced, messages = _steady_phase(
+        fake, env, args, rate, command, produce, forget=published.clear
+    )
     # The fake stamps a call when it arrives and answers delay_ms later: the task is
     # done at about arrival + delay, which is what FlashSend's sent_at stands for.
     answered = timedelta(milliseconds=args.delay_ms)
     spans = [m.received_at + answered - published[int(m.body.split()[-1])] for m in messages]
     return _summary(spans, produced)
+
+
+def _steady_phase(
+    fake: Any,
+    env: dict[str, str],
+    args: Any,
+    rate: int,
+    command: list[str],
+    produce: Callable[[int], None],
+    forget: Callable[[], None],
+) -> tuple[int, list[Any]]:
+    """Start a worker, warm it up, forget the warm-up, offer `rate` a second for
+    --seconds and wait until the fake has every message; (produced, messages)."""
+    workers = _start_workers(command, env, args, args.concurrency)
+    try:
+        _warm_up(fake, produce, args)
+        _reset(fake, args)
+        forget()
+        produced = _steady(produce, rate, args.seconds)
+        messages = fake.wait_for_messages(produced, provider="twilio", timeout=60 + args.seconds)
+    finally:
+        _stop(workers)
+    return produced, list(messages)
 
 
 def _warm_up(fake: Any, produce: Any, args: Any) -> None:

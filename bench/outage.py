@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,8 +37,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from bench.ingest import _wait_up
 from bench.loadgen import Record, percentile, summarise
-from bench.pipeline import RESULTS, ROOT, SID, TOKEN, _environment, _prepare_services
+from bench.pipeline import RESULTS, ROOT, SID, TOKEN, _environment, _prepare_services, _stop
 
 PORT = 8766
 MAX_STOP_SECONDS = 20.0
@@ -153,7 +153,7 @@ def _run(
         processes.append(_start(GUNICORN, env, logs["gunicorn"]))
         processes.append(_start([*WORKER, "-c", str(args.concurrency)], env, logs["worker"]))
         processes.append(_start(BEAT, env, logs["beat"]))
-        _wait_up()
+        _wait_up(PORT)
         if args.stop:
             _wait_no_pytest(args.pytest_wait)
         load = _start_load(args, key, token, records_path)
@@ -166,7 +166,7 @@ def _run(
         settle = _settle(token, args.settle_timeout)
     finally:
         for process in reversed(processes):
-            _stop(process)
+            _stop([process])
         for log in logs.values():
             log.close()
     return {
@@ -203,29 +203,6 @@ BEAT = [str(VENV / "celery"), "-A", "flashsend", "beat", "--loglevel", "WARNING"
 
 def _start(command: list[str], env: dict[str, str], log: IO[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: S603
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def _wait_up() -> None:
-    import urllib.request
-
-    for _ in range(150):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/ping", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("gunicorn did not start")
 
 
 def _pytest_running() -> bool:

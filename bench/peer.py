@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bench.pipeline import DATABASE_URL, PG_ADMIN, RESULTS, ROOT, _environment, _rate
+from bench.pipeline import DATABASE_URL, PG_ADMIN, RESULTS, ROOT, _environment, _rate, _stop
 
 if TYPE_CHECKING:
     from flashsend.fakes import FakeSmtpServer
@@ -383,22 +383,13 @@ def _sweep(sink: FakeSmtpServer, delay_ms: int, n: int, runs: list[Run]) -> tupl
 # --- FlashSend and the bare task ------------------------------------------------------
 
 
-def _flashsend_run(
-    sink: FakeSmtpServer,
-    delay_ms: int,
-    n: int,
-    env: dict[str, str],
-    spec: tuple[int, int],
-    timeout: float,
-) -> Run:
+def email_rows(n: int) -> list[Any]:
+    """N stored email notifications, the same for every FlashSend email benchmark."""
     from accounts.models import User
     from notifications.models import Notification
-    from notifications.publishing import publish_many
-    from tests.pipeline import purge_queues
 
-    purge_queues()
     owner, _ = User.objects.get_or_create(email="bench@example.com")
-    rows = Notification.objects.bulk_create(
+    return Notification.objects.bulk_create(
         Notification(
             owner=owner,
             channel="email",
@@ -408,6 +399,21 @@ def _flashsend_run(
         )
         for i in range(n)
     )
+
+
+def _flashsend_run(
+    sink: FakeSmtpServer,
+    delay_ms: int,
+    n: int,
+    env: dict[str, str],
+    spec: tuple[int, int],
+    timeout: float,
+) -> Run:
+    from notifications.publishing import publish_many
+    from tests.pipeline import purge_queues
+
+    purge_queues()
+    rows = email_rows(n)
     published = publish_many((row.pk, row.queue_name) for row in rows)
     if len(published) != n:
         raise RuntimeError(f"published {len(published)} of {n}")
@@ -483,18 +489,6 @@ def _children_cpu() -> float:
     """User + system CPU of this process's children that have been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
 
 
 # --- report ---------------------------------------------------------------------------

@@ -56,21 +56,10 @@ def main() -> None:
         import django
 
         django.setup()
-        from accounts.models import User
+        from bench.peer import email_rows
         from notifications.delivery import Verdict, notification_deliver
-        from notifications.models import Notification
 
-        owner, _ = User.objects.get_or_create(email="bench@example.com")
-        rows = Notification.objects.bulk_create(
-            Notification(
-                owner=owner,
-                channel="email",
-                recipient=f"peer{i}@example.com",
-                subject=f"peer {i}",
-                body=f"bench {i}",
-            )
-            for i in range(2 * args.n + 20)
-        )
+        rows = email_rows(2 * args.n + 20)
         for row in rows[:20]:  # warm-up: connections, imports, caches
             notification_deliver(notification_id=row.pk)
         # First without the profiler (its own overhead doubles the time), then with it.

@@ -212,14 +212,16 @@ def _start_workers(
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (a warm shutdown), then SIGKILL for what has not gone after 30 s."""
     for process in processes:
-        process.send_signal(signal.SIGTERM)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
     for process in processes:
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.wait(timeout=30)
 
 
 def _rate(times: list[datetime]) -> tuple[float, float]:

@@ -91,43 +91,25 @@ def _owner_id() -> int:
     return int(owner.pk)
 
 
-def _insert(owner_id: int, seconds_apart: str, count: int) -> None:
-    from django.db import connection
-
-    from notifications.models import Notification
-
-    table = Notification._meta.db_table
-    sql = (
-        f"INSERT INTO {table} (owner_id, channel, recipient, subject, body, priority, metadata, "  # noqa: S608 - only the table name is interpolated
-        "status, attempt_count, last_error, provider, provider_message_id, created_at, "
-        "updated_at, scheduled_at) "
-        "SELECT %s, 'sms', '+14155552671', '', 'b', 'medium', '{}', 'scheduled', 0, '', '', '', "
-        "now(), now(), now() + (%s || ' seconds')::interval * (1 + g %% 1000) "
-        "FROM generate_series(1, %s) AS g"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [owner_id, seconds_apart, count])
-        cursor.execute(f"ANALYZE {table}")
-
-
 def _ensure_future_rows(owner_id: int, future: int) -> None:
     from notifications.models import Notification, Status
+    from tests.pipeline import insert_scheduled
 
     # Rows left by an interrupted run would be due now: they would inflate the count.
     Notification.objects.exclude(status=Status.SCHEDULED).delete()
     have = Notification.objects.filter(status=Status.SCHEDULED).count()
     if have < future:
         print(f"creating {future - have:,} future scheduled rows (once)", flush=True)
-        _insert(owner_id, "86400", future - have)
+        insert_scheduled(owner_id, "86400", future - have)
 
 
 def _dispatch_run(owner_id: int, due: int) -> dict[str, Any]:
     from notifications.models import Notification, Status
     from notifications.services import notification_dispatch_due
-    from tests.pipeline import purge_queues, queue_depth
+    from tests.pipeline import insert_scheduled, purge_queues, queue_depth
 
     purge_queues()
-    _insert(owner_id, "-1", due)
+    insert_scheduled(owner_id, "-1", due)
     started = time.perf_counter()
     dispatched = notification_dispatch_due()
     seconds = time.perf_counter() - started

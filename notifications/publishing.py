@@ -50,17 +50,13 @@ def _note_success() -> None:
 
 def publish_one(notification_id: int, queue: str, producer: Any = None) -> bool:
     """Publish the delivery task; True when the broker accepted it."""
-    from notifications.tasks import deliver_notification
-
     try:
-        deliver_notification.apply_async(
-            args=(notification_id,),
-            task_id=str(notification_id),
-            queue=queue,
-            routing_key=queue,
+        _send_task(
+            notification_id,
+            queue,
+            producer,
             retry=True,
             retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
-            producer=producer,
         )
     except Exception as exc:  # any broker failure: the sweeper will publish it
         _note_failure()
@@ -68,6 +64,20 @@ def publish_one(notification_id: int, queue: str, producer: Any = None) -> bool:
         return False
     _note_success()
     return True
+
+
+def _send_task(notification_id: int, queue: str, producer: Any, **options: Any) -> None:
+    """The delivery task's message: task id = notification id, routed to its queue."""
+    from notifications.tasks import deliver_notification
+
+    deliver_notification.apply_async(
+        args=(notification_id,),
+        task_id=str(notification_id),
+        queue=queue,
+        routing_key=queue,
+        producer=producer,
+        **options,
+    )
 
 
 def publish_after_commit(notification: Notification) -> None:
@@ -182,8 +192,6 @@ def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
     them, often several at a time; only the ids it acknowledged count as published.
     Anything else stays unpublished for the sweeper.
     """
-    from notifications.tasks import deliver_notification
-
     confirms: _Confirms | None = None
     try:
         # A connection of its own, closed afterwards: a pooled one that failed
@@ -195,14 +203,8 @@ def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
                 confirms = _Confirms(channel)
                 producer = celery_app.amqp.Producer(channel)
                 for notification_id, queue in rows:
-                    deliver_notification.apply_async(
-                        args=(notification_id,),
-                        task_id=str(notification_id),
-                        queue=queue,
-                        routing_key=queue,
-                        producer=producer,
-                        retry=False,  # a reconnect would start a new channel's numbering
-                    )
+                    # No retry: a reconnect would start a new channel's numbering.
+                    _send_task(notification_id, queue, producer, retry=False)
                     confirms.sent += 1
                 confirms.wait(connection, BATCH_CONFIRM_TIMEOUT_SECONDS)
             finally:

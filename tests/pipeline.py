@@ -115,3 +115,25 @@ def _warm_shutdown(worker: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while worker.blueprint.state != _TERMINATED and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def insert_scheduled(owner_id: int, seconds_apart: str, count: int) -> None:
+    """COUNT scheduled SMS rows in one statement, 1 to 1,000 steps of SECONDS_APART
+    from now (a negative step makes them due), then ANALYZE: for the scheduler's
+    million-row test and benchmark."""
+    from django.db import connection
+
+    from notifications.models import Notification
+
+    table = Notification._meta.db_table
+    sql = (
+        f"INSERT INTO {table} (owner_id, channel, recipient, subject, body, priority, metadata, "  # noqa: S608 - only the table name is interpolated
+        "status, attempt_count, last_error, provider, provider_message_id, created_at, "
+        "updated_at, scheduled_at) "
+        "SELECT %s, 'sms', '+14155552671', '', 'b', 'medium', '{}', 'scheduled', 0, '', '', '', "
+        "now(), now(), now() + (%s || ' seconds')::interval * (1 + g %% 1000) "
+        "FROM generate_series(1, %s) AS g"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [owner_id, seconds_apart, count])
+        cursor.execute(f"ANALYZE {table}")

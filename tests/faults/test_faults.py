@@ -72,6 +72,16 @@ def _worker_process(settings: Any, tmp_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 - the project's own worker
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """A warm shutdown; a process that ignores it (a hung worker) is killed."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def test_kill_9_worker_with_work_in_flight_loses_nothing(
     user: User, providers: Any, settings: Any, tmp_path: Path
 ) -> None:
@@ -103,8 +113,7 @@ def test_kill_9_worker_with_work_in_flight_loses_nothing(
 
         wait_for(all_sent, timeout=240, interval=1.0)
     finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=60)
+        _stop(second)
     deliveries = Counter(m.body for m in fake.messages("twilio"))
     repeated = sum(count - 1 for count in deliveries.values() if count > 1)
     print(f"\nkill -9: {total} sent, {in_flight} processing at the kill, {repeated} repeated calls")
@@ -141,12 +150,7 @@ def test_worker_resumes_at_once_after_rabbitmq_restarts_mid_backlog(
         # (threads hung on a prefetch update) sat idle for minutes.
         wait_for(all_sent, timeout=60, interval=1.0)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a hung worker ignores a warm shutdown
-            worker.kill()
-            worker.wait()
+        _stop(worker)
     deliveries = Counter(m.body for m in fake.messages("twilio"))
     print(f"\nRabbitMQ restart: {sent_at_restart} sent before, {total} after")
     assert len(deliveries) == total

@@ -99,22 +99,11 @@ def test_two_scanners_at_once_never_dispatch_a_row_twice(user: User, settings: A
 def test_scan_uses_the_index_and_dispatches_10000_among_1000000_future(
     user: User, settings: Any, record_property: Any
 ) -> None:
-    from tests.pipeline import purge_queues, queue_depth
+    from tests.pipeline import insert_scheduled, purge_queues, queue_depth
 
     purge_queues()
-    table = Notification._meta.db_table
-    insert = (
-        f"INSERT INTO {table} (owner_id, channel, recipient, subject, body, priority, metadata, "  # noqa: S608
-        "status, attempt_count, last_error, provider, provider_message_id, created_at, "
-        "updated_at, scheduled_at) "
-        "SELECT %s, 'sms', '+14155552671', '', 'b', 'medium', '{}', 'scheduled', 0, '', '', '', "
-        "now(), now(), now() + (%s || ' seconds')::interval * (1 + g %% 1000) "
-        "FROM generate_series(1, %s) AS g"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(insert, [user.id, "86400", 1_000_000])  # future: 1 to 1000 days
-        cursor.execute(insert, [user.id, "-1", 10_000])  # due: in the past
-        cursor.execute(f"ANALYZE {table}")
+    insert_scheduled(user.id, "86400", 1_000_000)  # future: 1 to 1000 days
+    insert_scheduled(user.id, "-1", 10_000)  # due: in the past
     now = timezone.now()
     plan = (
         Notification.objects.filter(status=Status.SCHEDULED, scheduled_at__lte=now)
