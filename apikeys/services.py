@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, ClassVar, TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model, Q
 from django.utils import timezone
 from rest_framework import exceptions
 
@@ -15,6 +17,7 @@ from apikeys import keys
 from apikeys.models import ApiKey
 
 _CREATE_ATTEMPTS = 5
+M = TypeVar("M", bound=Model)
 
 
 def apikey_create(*, user: User, name: str) -> tuple[ApiKey, str]:
@@ -53,17 +56,80 @@ def apikey_authenticate(*, raw: str) -> ApiKey | None:
     """The active key matching ``raw``, or None. Constant-time on the secret part."""
     if not keys.looks_like_key(raw):
         return None
-    api_key = (
-        ApiKey.objects.select_related("user")
-        .filter(prefix=keys.lookup_prefix(raw), revoked_at__isnull=True)
-        .first()
+    prefix = keys.lookup_prefix(raw)
+    connection = connections[DEFAULT_DB_ALIAS]
+    found = _ActiveKeyLookup.for_connection(connection).fetch(connection, prefix)
+    if found is None:
+        return None
+    key_id, user_id, key_hash, last_used_at, user_is_active = found
+    if not keys.digest_matches(raw, key_hash) or not user_is_active:
+        return None
+    # Instances with the looked-up fields loaded and the others deferred: they behave
+    # as full rows (a deferred field is read from the database on first use), and
+    # a send request, which needs only the ids, never pays for the rest.
+    api_key = _loaded(
+        ApiKey,
+        id=key_id,
+        user_id=user_id,
+        prefix=prefix,
+        key_hash=key_hash,
+        last_used_at=last_used_at,
+        revoked_at=None,
     )
-    if api_key is None or not keys.digest_matches(raw, api_key.key_hash):
-        return None
-    if not api_key.user.is_active:
-        return None
+    api_key.user = _loaded(User, id=user_id, is_active=True)
     apikey_touch(api_key=api_key)
     return api_key
+
+
+def _loaded(model: type[M], **values: Any) -> M:
+    """A model instance as if read from the database with only these fields."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(DEFAULT_DB_ALIAS, names, [values[name] for name in names])
+
+
+class _ActiveKeyLookup:
+    """The key lookup of every API request, compiled once per database alias.
+
+    Building the query through the ORM on each request cost about 0.8 ms of CPU, a
+    sixth of a whole send request; the SQL and its value converters do not change,
+    so the ORM compiles them once (table and column names stay the models') and
+    each request only executes them on its own thread's connection.
+    """
+
+    _by_alias: ClassVar[dict[str, _ActiveKeyLookup]] = {}
+    _COLUMNS = ("id", "user_id", "key_hash", "last_used_at", "user__is_active")
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        queryset = (
+            ApiKey.objects.using(connection.alias)
+            .filter(prefix="", revoked_at__isnull=True)
+            .values_list(*self._COLUMNS)
+            .order_by()  # the prefix is unique: no ordering to pay for
+        )
+        compiler = queryset.query.get_compiler(connection=connection)
+        self.sql, _ = compiler.as_sql()
+        # Backend conversions by column position (SQLite hands datetimes and
+        # booleans back as text and integers); none on PostgreSQL.
+        self.converters = compiler.get_converters([column[0] for column in compiler.select])
+
+    @classmethod
+    def for_connection(cls, connection: BaseDatabaseWrapper) -> _ActiveKeyLookup:
+        lookup = cls._by_alias.get(connection.alias)
+        if lookup is None:
+            lookup = cls._by_alias[connection.alias] = cls(connection)
+        return lookup
+
+    def fetch(self, connection: BaseDatabaseWrapper, prefix: str) -> list[Any] | None:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [prefix])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        values = list(row)
+        for position, (functions, expression) in self.converters.items():
+            for convert in functions:
+                values[position] = convert(values[position], expression, connection)
+        return values
 
 
 def apikey_touch(*, api_key: ApiKey) -> None:

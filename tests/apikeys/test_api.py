@@ -227,3 +227,30 @@ def test_last_used_moves_on_after_the_resolution_window(
     assert api_key.last_used_at is not None
     assert first is not None
     assert api_key.last_used_at > first
+
+
+def test_a_key_is_looked_up_in_one_query_and_reads_as_a_full_row(user: User) -> None:
+    from apikeys.services import apikey_authenticate
+
+    api_key, raw = make_api_key(user, "billing")
+    apikey_authenticate(raw=raw)  # the first use records last_used_at
+    with CaptureQueriesContext(connection) as queries:
+        found = apikey_authenticate(raw=raw)
+    assert len(queries.captured_queries) == 1
+    assert found is not None
+    assert (found.pk, found.user_id, found.revoked_at) == (api_key.pk, user.pk, None)
+    assert found.last_used_at is not None
+    assert found.last_used_at.tzinfo is not None
+    # The fields the lookup did not read load on first use, with their real values.
+    assert (found.name, found.created_at) == ("billing", api_key.created_at)
+    assert found.user.email == user.email
+
+
+def test_a_revoked_key_is_refused_on_the_next_request(
+    api: APIClient, jwt_client: APIClient, user: User
+) -> None:
+    api_key, raw = make_api_key(user)
+    api.credentials(HTTP_X_API_KEY=raw)
+    assert api.get(ME).status_code == 200
+    assert jwt_client.delete(f"{KEYS}/{api_key.pk}").status_code in (200, 204)
+    assert api.get(ME).status_code == 401

@@ -211,3 +211,24 @@ def test_embedded_sqlite_takes_concurrent_writers(tmp_path: Path) -> None:
         "print(N.objects.filter(status='sent').count())"
     )
     assert _manage(environ, *SHELL, sent).stdout.strip() == "450"
+
+
+KEY_LOOKUP = """
+from accounts.models import User
+from apikeys.services import apikey_authenticate, apikey_create
+user = User.objects.create(email="k@example.com")
+_, raw = apikey_create(user=user, name="k")
+first = apikey_authenticate(raw=raw)
+second = apikey_authenticate(raw=raw)
+print(second.last_used_at == first.last_used_at, type(second.last_used_at).__name__,
+      second.last_used_at.tzinfo is not None, second.user.is_active, second.user.email)
+"""
+
+
+def test_api_key_lookup_converts_sqlite_values(tmp_path: Path) -> None:
+    """The precompiled key lookup applies the backend's converters (text datetimes)."""
+    environ = _clean_env(tmp_path)
+    assert _manage(environ, "migrate", "--noinput").returncode == 0
+    result = _manage(environ, *SHELL, KEY_LOOKUP)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "datetime", "True", "True", "k@example.com"]
