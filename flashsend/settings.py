@@ -360,11 +360,15 @@ SWEEPER_RUN_BUDGET_SECONDS = env_float("SWEEPER_RUN_BUDGET_SECONDS", 5.0, minimu
 # message was lost after the broker took it). Long enough not to duplicate a normal
 # backlog's messages often; a duplicate is harmless anyway (the claim).
 SWEEPER_STALE_QUEUED_SECONDS = env_int("SWEEPER_STALE_QUEUED_SECONDS", 900, minimum=60)
-# The API records that a task was published in batches this often (0 = at once, in
-# the request); it must stay well under SWEEPER_GRACE_SECONDS.
-PUBLISHED_MARK_INTERVAL_SECONDS = env_float(
-    "PUBLISHED_MARK_INTERVAL_SECONDS", 0.2, minimum=0.0, maximum=5.0
-)
+# The API hands accepted notifications to a publishing thread of its own process,
+# which publishes them in batches (one wait for the broker's confirms per batch) and
+# marks them published; the request does not wait for the broker. 0: publish and
+# mark in the request. Either way a publish that never happens is the sweeper's.
+API_PUBLISH_IN_BACKGROUND = env_bool("API_PUBLISH_IN_BACKGROUND", True)
+# Most notifications one background batch publishes, and most waiting in one process
+# (beyond that, new ones are left to the sweeper rather than held in memory).
+API_PUBLISH_BATCH_SIZE = env_int("API_PUBLISH_BATCH_SIZE", 500, minimum=1)
+API_PUBLISH_MAX_PENDING = env_int("API_PUBLISH_MAX_PENDING", 10000, minimum=1)
 # Scheduling: how often celery-beat runs the scan for due rows, how many rows one
 # transaction dispatches, and how long one scan may go on before leaving the rest
 # to the next.

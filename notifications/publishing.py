@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection as db_connection
 
 from flashsend.celery import app as celery_app
 from notifications import lifecycle
@@ -85,61 +85,128 @@ def publish_after_commit(notification: Notification) -> None:
     if broker_recently_failed():
         logger.info("broker recently failed; notification %s left to the sweeper", notification.pk)
         return
-    if publish_one(notification.pk, notification.queue_name):
-        published_marks.add(notification.pk)
+    if settings.API_PUBLISH_IN_BACKGROUND:
+        background_publisher.add(notification.pk, notification.queue_name)
+    elif publish_one(notification.pk, notification.queue_name):
+        lifecycle.mark_published([notification.pk])
 
 
-class PublishedMarks:
-    """Writes ``published_at`` for the request path in batches, off the request.
+# A kept broker connection unused this long is closed rather than trusted again.
+_IDLE_CONNECTION_SECONDS = 30.0
 
-    One UPDATE for many rows instead of one UPDATE and commit per request. A mark
-    that is lost (the process dies before the flush) only makes the row look
-    unpublished: the sweeper publishes it again after its grace period, and the
-    claim lets a single delivery through, so nothing is lost or sent twice.
+
+class BackgroundPublisher:
+    """Publishes the API's accepted notifications from a thread of this process.
+
+    The request appends (id, queue) and answers at once. The thread publishes what
+    has gathered as one batch on a confirm-mode channel (one wait for RabbitMQ's
+    confirms per batch, none in any request) and marks what the broker confirmed as
+    published in one UPDATE. Under load, batches form by themselves: while one is out
+    the next gathers. A notification whose publish is lost here (the process dies
+    first, the broker is down, more than API_PUBLISH_MAX_PENDING wait) keeps no
+    ``published_at``, and the sweeper publishes it after its grace period: late, never
+    lost, and never sent twice (the claim lets one delivery through).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[int] = []
-        self._owner_pid: int | None = None
+        self._pending: list[tuple[int, str]] = []
         self._wake = threading.Event()
+        self._owner_pid: int | None = None
 
-    def add(self, notification_id: int) -> None:
-        if settings.PUBLISHED_MARK_INTERVAL_SECONDS <= 0:
-            lifecycle.mark_published([notification_id])
-            return
+    def add(self, notification_id: int, queue: str) -> None:
         with self._lock:
-            self._pending.append(notification_id)
-            self._ensure_flusher()
+            if len(self._pending) >= settings.API_PUBLISH_MAX_PENDING:
+                logger.warning(
+                    "%d notifications wait to be published; %s left to the sweeper",
+                    len(self._pending),
+                    notification_id,
+                )
+                return
+            self._pending.append((notification_id, queue))
+            self._ensure_thread()
+        self._wake.set()
 
     def flush(self) -> int:
+        """Publish everything waiting, in the calling thread; how many were marked."""
+        marked = 0
+        while batch := self._take():
+            marked += self._publish(batch, None)
+        return marked
+
+    def _take(self) -> list[tuple[int, str]]:
         with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending:
+            batch = self._pending[: settings.API_PUBLISH_BATCH_SIZE]
+            del self._pending[: len(batch)]
+        return batch
+
+    def _publish(self, batch: list[tuple[int, str]], connection: Any) -> int:
+        if broker_recently_failed():
+            logger.info("broker recently failed; %d notifications left to the sweeper", len(batch))
             return 0
+        published = publish_batch(batch, connection=connection)
         try:
-            return lifecycle.mark_published(pending)
+            return lifecycle.mark_published(published)
         except Exception:  # the marks are an optimisation; the sweeper covers a loss
-            logger.exception("could not record %d published marks", len(pending))
+            logger.exception("could not record %d published marks", len(published))
             return 0
         finally:
-            connection.close()  # this thread's connection goes back to the pool
+            db_connection.close()  # this thread's database connection goes back to the pool
 
-    def _ensure_flusher(self) -> None:
+    def _ensure_thread(self) -> None:
         # Per process: gunicorn forks its workers after the app may have been loaded.
         if self._owner_pid == os.getpid():
             return
         self._owner_pid = os.getpid()
-        threading.Thread(target=self._run, name="published-marks", daemon=True).start()
+        threading.Thread(target=self._run, name="notification-publisher", daemon=True).start()
         atexit.register(self.flush)
 
     def _run(self) -> None:
+        kept = _KeptConnection()
         while True:
-            self._wake.wait(settings.PUBLISHED_MARK_INTERVAL_SECONDS)
-            self.flush()
+            if not self._wake.wait(_IDLE_CONNECTION_SECONDS):
+                kept.close()
+                continue
+            self._wake.clear()
+            while batch := self._take():
+                try:
+                    self._publish(batch, kept.get())
+                except Exception:  # never let the thread die: the sweeper covers the batch
+                    logger.exception("publishing %d notifications failed", len(batch))
+                if broker_recently_failed():
+                    kept.close()  # whatever failed, start the next batch on a new connection
 
 
-published_marks = PublishedMarks()
+class _KeptConnection:
+    """The publisher thread's broker connection, opened on first use and kept."""
+
+    def __init__(self) -> None:
+        self._connection: Any = None
+
+    def get(self) -> Any:
+        if not self._uses_batch_confirms():
+            return None  # the other brokers publish through Celery's producer pool
+        if self._connection is None:
+            self._connection = celery_app.connection_for_write()
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            try:
+                connection.close()
+            except Exception:  # already broken: nothing to close cleanly
+                logger.debug("closing the publisher's broker connection failed", exc_info=True)
+
+    @staticmethod
+    def _uses_batch_confirms() -> bool:
+        conf = celery_app.conf
+        return bool(conf.broker_transport_options.get("confirm_publish")) and not (
+            conf.task_send_sent_event
+        )
+
+
+background_publisher = BackgroundPublisher()
 
 
 def publish_many(rows: Iterable[tuple[int, str]]) -> list[int]:
@@ -150,15 +217,18 @@ def publish_many(rows: Iterable[tuple[int, str]]) -> list[int]:
     return published
 
 
-def publish_batch(rows: list[tuple[int, str]]) -> list[int]:
-    """Publish (id, queue) pairs; the ids the broker took, without touching the rows."""
+def publish_batch(rows: list[tuple[int, str]], connection: Any = None) -> list[int]:
+    """Publish (id, queue) pairs; the ids the broker took, without touching the rows.
+
+    ``connection``: a broker connection to publish on (kept by the caller); by
+    default each batch opens its own.
+    """
     if not rows:
         return []
-    conf = celery_app.conf
     # The batch path maps the channel's n-th confirm to the n-th row: it needs one
     # message per task, and Celery's task-sent events would add a second.
-    if conf.broker_transport_options.get("confirm_publish") and not conf.task_send_sent_event:
-        return _publish_batch_confirmed(rows)
+    if _KeptConnection._uses_batch_confirms():
+        return _publish_batch_confirmed(rows, connection)
     return _publish_each(rows)
 
 
@@ -182,7 +252,7 @@ def _publish_each(rows: list[tuple[int, str]]) -> list[int]:
 BATCH_CONFIRM_TIMEOUT_SECONDS = 30.0
 
 
-def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
+def _publish_batch_confirmed(rows: list[tuple[int, str]], connection: Any = None) -> list[int]:
     """Publish a batch on a channel in confirm mode, then wait for the confirms once.
 
     With a synchronous confirm per message (what ``confirm_publish`` does for a
@@ -194,28 +264,47 @@ def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
     """
     confirms: _Confirms | None = None
     try:
-        # A connection of its own, closed afterwards: a pooled one that failed
-        # mid-batch (the broker restarting) stayed unusable in the pool. One
-        # handshake per batch is small beside hundreds of messages.
-        with celery_app.connection_for_write() as connection:
-            channel: Any = connection.channel()
-            try:
-                confirms = _Confirms(channel)
-                producer = celery_app.amqp.Producer(channel)
-                for notification_id, queue in rows:
-                    # No retry: a reconnect would start a new channel's numbering.
-                    _send_task(notification_id, queue, producer, retry=False)
-                    confirms.sent += 1
-                confirms.wait(connection, BATCH_CONFIRM_TIMEOUT_SECONDS)
-            finally:
-                channel.close()
-    except Exception as exc:  # the broker went away: what it confirmed still counts
+        if connection is not None:
+            confirms = _publish_on(connection, rows)
+        else:
+            # A connection of its own, closed afterwards: a pooled one that failed
+            # mid-batch (the broker restarting) stayed unusable in the pool. One
+            # handshake per batch is small beside hundreds of messages.
+            with celery_app.connection_for_write() as own:
+                confirms = _publish_on(own, rows)
+    except _BatchFailed as failed:  # the broker went away: what it confirmed still counts
+        confirms = failed.confirms
         _note_failure()
-        logger.warning("publishing %d notifications failed: %s", len(rows), exc)
+        logger.warning("publishing %d notifications failed: %s", len(rows), failed.__cause__)
     else:
         _note_success()
     acknowledged = confirms.acknowledged if confirms is not None else set()
     return [row[0] for tag, row in enumerate(rows, start=1) if tag in acknowledged]
+
+
+class _BatchFailed(Exception):
+    def __init__(self, confirms: _Confirms | None) -> None:
+        super().__init__("batch publish failed")
+        self.confirms = confirms
+
+
+def _publish_on(connection: Any, rows: list[tuple[int, str]]) -> _Confirms:
+    confirms: _Confirms | None = None
+    try:
+        channel: Any = connection.channel()
+        try:
+            confirms = _Confirms(channel)
+            producer = celery_app.amqp.Producer(channel)
+            for notification_id, queue in rows:
+                # No retry: a reconnect would start a new channel's numbering.
+                _send_task(notification_id, queue, producer, retry=False)
+                confirms.sent += 1
+            confirms.wait(connection, BATCH_CONFIRM_TIMEOUT_SECONDS)
+        finally:
+            channel.close()
+    except Exception as exc:
+        raise _BatchFailed(confirms) from exc
+    return confirms
 
 
 class _Confirms:

@@ -246,7 +246,7 @@ def test_canceled_notification_is_never_sent_though_its_message_is_queued(
 ) -> None:
     purge_queues()
     notification_id = _send(jwt_client, SMS)
-    assert queue_depth("sms.medium") == 1
+    wait_for(lambda: queue_depth("sms.medium") == 1)  # published by the API's thread
     response = jwt_client.post(f"/api/notifications/{notification_id}/cancel")
     assert response.status_code == 200
     with running_worker():

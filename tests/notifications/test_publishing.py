@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,8 +15,8 @@ import pytest
 from accounts.models import User
 from flashsend.celery import app
 from notifications.models import Notification
-from notifications.publishing import publish_batch, publish_many
-from tests.pipeline import purge_queues, queue_depth
+from notifications.publishing import BackgroundPublisher, publish_batch, publish_many
+from tests.pipeline import purge_queues, queue_depth, wait_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.services]
 POLICY = "flashsend-test-full-queue"
@@ -89,3 +90,69 @@ def test_batches_publish_again_once_rabbitmq_is_back(
     # A connection broken by the restart must not stay in use.
     assert publish_batch([(3, "sms.low"), (4, "sms.low")]) == [3, 4]
     purge_queues()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_background_publisher_publishes_and_marks_a_batch_at_once(
+    user: User, rabbitmq_only: None
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    purge_queues()
+    rows = _rows(user, 5)
+    publisher = BackgroundPublisher()
+    with publisher._lock:  # queued as requests would, with no thread started to take them
+        publisher._pending.extend((row.pk, row.queue_name) for row in rows)
+    with CaptureQueriesContext(connection) as queries:
+        assert publisher.flush() == 5
+    updates = [q for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1
+    assert queue_depth("sms.medium") == 5
+    assert not Notification.objects.filter(published_at__isnull=True).exists()
+    assert publisher.flush() == 0
+    purge_queues()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("background", [True, False])
+def test_accepted_notifications_are_published_and_marked(
+    jwt_client: Any, rabbitmq_only: None, settings: Any, background: bool
+) -> None:
+    """In the background mode no request publishes or marks: the thread does both."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.API_PUBLISH_IN_BACKGROUND = background
+    purge_queues()
+    with CaptureQueriesContext(connection) as queries:
+        ids = [
+            jwt_client.post(
+                "/api/notify/send",
+                {"channel": "sms", "to": "+14155552671", "body": f"b {i}"},
+                format="json",
+            ).json()["id"]
+            for i in range(40)
+        ]
+    marks_in_requests = [q for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(marks_in_requests) == (0 if background else 40)
+    wait_for(
+        lambda: not Notification.objects.filter(id__in=ids, published_at__isnull=True).exists(),
+        timeout=10,
+    )
+    assert queue_depth("sms.medium") == 40
+    purge_queues()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beyond_the_pending_limit_notifications_are_left_to_the_sweeper(
+    user: User, settings: Any
+) -> None:
+    settings.API_PUBLISH_MAX_PENDING = 3
+    publisher = BackgroundPublisher()
+    rows = _rows(user, 5)
+    with publisher._lock:
+        publisher._owner_pid = os.getpid()  # as if its thread ran: none is started here
+    for row in rows:
+        publisher.add(row.pk, row.queue_name)
+    assert [row_id for row_id, _ in publisher._pending] == [row.pk for row in rows[:3]]

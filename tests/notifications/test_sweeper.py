@@ -108,28 +108,9 @@ def test_accepted_notification_is_published_after_commit(jwt_client: Any) -> Non
     )
     assert response.status_code == 202
     notification_id = response.json()["id"]
-    # The broker (whichever is configured) took it; the mark is written in a batch
-    # within PUBLISHED_MARK_INTERVAL_SECONDS.
+    # The broker (whichever is configured) took it from the API's publishing thread,
+    # which then marked it.
     wait_for(lambda: Notification.objects.get(id=notification_id).published_at, timeout=5)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_published_marks_are_written_in_one_batch(user: User) -> None:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from notifications.publishing import PublishedMarks
-
-    rows = [_row(user, timedelta(seconds=0)) for _ in range(5)]
-    marks = PublishedMarks()
-    with marks._lock:  # hold the flusher off while queueing, as under load
-        marks._pending.extend(row.pk for row in rows)
-    with CaptureQueriesContext(connection) as queries:
-        assert marks.flush() == 5
-    updates = [q for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
-    assert len(updates) == 1
-    assert not Notification.objects.filter(published_at__isnull=True).exists()
-    assert marks.flush() == 0
 
 
 def test_periodic_tasks_are_visible_and_editable_in_the_admin(client: Any, settings: Any) -> None:
