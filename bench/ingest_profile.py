@@ -41,6 +41,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="requests per side and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--compare-inline",
+        action="store_true",
+        help="also measure FlashSend publishing in the request (API_PUBLISH_IN_BACKGROUND=0)",
+    )
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     _prepare_services()
@@ -57,14 +62,22 @@ def main() -> None:
     send, insert = _clients()
     for _ in range(30):  # warm-up: connections, imports, caches
         send(), insert()
+    from django.conf import settings
+
     ratios = []
     for round_ in range(1, args.rounds + 1):
         ours, base = _cpu_per_request(send, args.n), _cpu_per_request(insert, args.n)
         ratios.append(base / ours)
-        print(
+        line = (
             f"round {round_}: FlashSend {ours * 1000:.2f} ms CPU/request, "
             f"baseline {base * 1000:.2f} ms, ratio {base / ours:.2f}"
         )
+        if args.compare_inline:
+            settings.API_PUBLISH_IN_BACKGROUND = False
+            inline = _cpu_per_request(send, args.n)
+            settings.API_PUBLISH_IN_BACKGROUND = True
+            line += f"; publishing in the request {inline * 1000:.2f} ms"
+        print(line)
     print(f"median ratio (baseline CPU / FlashSend CPU): {statistics.median(ratios):.2f}")
     if args.profile:
         _profile(send, args.n, args.top)

@@ -91,20 +91,23 @@ def publish_after_commit(notification: Notification) -> None:
         lifecycle.mark_published([notification.pk])
 
 
-# A kept broker connection unused this long is closed rather than trusted again.
+# How often the publishing thread writes the marks of what the broker confirmed
+# (well under SWEEPER_GRACE_SECONDS), and how long it lets a kept connection idle.
+_MARK_INTERVAL_SECONDS = 0.2
 _IDLE_CONNECTION_SECONDS = 30.0
 
 
 class BackgroundPublisher:
     """Publishes the API's accepted notifications from a thread of this process.
 
-    The request appends (id, queue) and answers at once. The thread publishes what
-    has gathered as one batch on a confirm-mode channel (one wait for RabbitMQ's
-    confirms per batch, none in any request) and marks what the broker confirmed as
-    published in one UPDATE. Under load, batches form by themselves: while one is out
-    the next gathers. A notification whose publish is lost here (the process dies
-    first, the broker is down, more than API_PUBLISH_MAX_PENDING wait) keeps no
-    ``published_at``, and the sweeper publishes it after its grace period: late, never
+    The request appends (id, queue) and answers at once. On RabbitMQ the thread keeps
+    one channel in confirm mode: it publishes each notification as it arrives without
+    waiting, collects RabbitMQ's confirms as they come (often one frame for many
+    messages) and marks the confirmed ones published in one UPDATE every 0.2 s. No
+    request waits for the broker, and the per-message cost is the message itself.
+    A notification whose publish is lost here (the process dies first, the broker is
+    down or never confirms, more than API_PUBLISH_MAX_PENDING wait) keeps no
+    ``published_at`` and the sweeper publishes it after its grace period: late, never
     lost, and never sent twice (the claim lets one delivery through).
     """
 
@@ -128,10 +131,14 @@ class BackgroundPublisher:
         self._wake.set()
 
     def flush(self) -> int:
-        """Publish everything waiting, in the calling thread; how many were marked."""
+        """Publish and mark everything waiting, in the calling thread (at exit, in
+        tests); how many were marked."""
         marked = 0
         while batch := self._take():
-            marked += self._publish(batch, None)
+            if broker_recently_failed():
+                logger.info("broker recently failed; %d left to the sweeper", len(batch))
+                continue
+            marked += _mark(publish_batch(batch))
         return marked
 
     def _take(self) -> list[tuple[int, str]]:
@@ -139,19 +146,6 @@ class BackgroundPublisher:
             batch = self._pending[: settings.API_PUBLISH_BATCH_SIZE]
             del self._pending[: len(batch)]
         return batch
-
-    def _publish(self, batch: list[tuple[int, str]], connection: Any) -> int:
-        if broker_recently_failed():
-            logger.info("broker recently failed; %d notifications left to the sweeper", len(batch))
-            return 0
-        published = publish_batch(batch, connection=connection)
-        try:
-            return lifecycle.mark_published(published)
-        except Exception:  # the marks are an optimisation; the sweeper covers a loss
-            logger.exception("could not record %d published marks", len(published))
-            return 0
-        finally:
-            db_connection.close()  # this thread's database connection goes back to the pool
 
     def _ensure_thread(self) -> None:
         # Per process: gunicorn forks its workers after the app may have been loaded.
@@ -162,48 +156,115 @@ class BackgroundPublisher:
         atexit.register(self.flush)
 
     def _run(self) -> None:
-        kept = _KeptConnection()
+        stream: _ConfirmStream | None = None
+        confirmed: list[int] = []
+        marked_at = time.monotonic()
         while True:
-            if not self._wake.wait(_IDLE_CONNECTION_SECONDS):
-                kept.close()
-                continue
+            waiting = stream is not None and stream.unanswered > 0
+            woke = self._wake.wait(0.02 if waiting or confirmed else _IDLE_CONNECTION_SECONDS)
             self._wake.clear()
-            while batch := self._take():
-                try:
-                    self._publish(batch, kept.get())
-                except Exception:  # never let the thread die: the sweeper covers the batch
-                    logger.exception("publishing %d notifications failed", len(batch))
-                if broker_recently_failed():
-                    kept.close()  # whatever failed, start the next batch on a new connection
+            if not (woke or waiting or confirmed) and stream is not None:
+                stream.close()  # idle: a connection kept for hours is not to be trusted
+                stream = None
+            try:
+                stream = self._publish_waiting(stream, confirmed)
+            except Exception as exc:  # never let the thread die: the sweeper covers a loss
+                _note_failure()
+                logger.warning("background publish failed, left to the sweeper: %s", exc)
+                if stream is not None:
+                    stream.close()
+                stream = None
+            if confirmed and time.monotonic() - marked_at >= _MARK_INTERVAL_SECONDS:
+                _mark(confirmed)
+                db_connection.close()  # this thread's connection goes back to the pool
+                confirmed = []
+                marked_at = time.monotonic()
+
+    def _publish_waiting(
+        self, stream: _ConfirmStream | None, confirmed: list[int]
+    ) -> _ConfirmStream | None:
+        """Publish what is waiting and collect what was confirmed into ``confirmed``."""
+        while batch := self._take():
+            if broker_recently_failed():
+                logger.info("broker recently failed; %d left to the sweeper", len(batch))
+            elif not _uses_batch_confirms():
+                confirmed.extend(publish_batch(batch))  # the other brokers: Celery's pool
+            else:
+                stream = stream or _ConfirmStream()
+                stream.publish(batch)
+                _note_success()
+        if stream is not None:
+            confirmed.extend(stream.collect())
+        return stream
 
 
-class _KeptConnection:
-    """The publisher thread's broker connection, opened on first use and kept."""
+def _mark(published: list[int]) -> int:
+    try:
+        return lifecycle.mark_published(published)
+    except Exception:  # the marks are an optimisation; the sweeper covers a loss
+        logger.exception("could not record %d published marks", len(published))
+        return 0
+
+
+class _ConfirmStream:
+    """A connection and confirm-mode channel kept open: publish now, confirms later."""
+
+    # Messages unconfirmed with no confirm at all for this long are given up (the
+    # connection with them): RabbitMQ is blocked or the connection is dead.
+    CONFIRM_TIMEOUT_SECONDS = 30.0
 
     def __init__(self) -> None:
-        self._connection: Any = None
+        self.connection: Any = celery_app.connection_for_write()
+        self.connection.connect()
+        self.channel: Any = self.connection.channel()
+        self.confirms = _Confirms(self.channel)
+        self.producer = celery_app.amqp.Producer(self.channel)
+        self.ids: dict[int, int] = {}  # delivery tag -> notification id, until answered
+        self.progress_at = time.monotonic()  # the last confirm, or the last idle moment
 
-    def get(self) -> Any:
-        if not self._uses_batch_confirms():
-            return None  # the other brokers publish through Celery's producer pool
-        if self._connection is None:
-            self._connection = celery_app.connection_for_write()
-        return self._connection
+    @property
+    def unanswered(self) -> int:
+        return self.confirms.unanswered
+
+    def publish(self, rows: list[tuple[int, str]]) -> None:
+        if not self.unanswered:
+            self.progress_at = time.monotonic()
+        for notification_id, queue in rows:
+            _send_task(notification_id, queue, self.producer, retry=False)
+            self.confirms.sent += 1
+            self.ids[self.confirms.sent] = notification_id
+
+    def collect(self) -> list[int]:
+        """Read the confirms that have arrived; the ids RabbitMQ acknowledged."""
+        try:
+            while self.unanswered:
+                self.connection.drain_events(timeout=0.001)
+        except TimeoutError:
+            pass  # nothing more has arrived yet
+        acked = [self.ids.pop(tag) for tag in self.confirms.acknowledged]
+        self.confirms.acknowledged.clear()
+        if acked or not self.unanswered:
+            self.progress_at = time.monotonic()
+        if not self.unanswered:
+            self.ids.clear()  # what is left was nacked: the sweeper's
+        elif time.monotonic() - self.progress_at > self.CONFIRM_TIMEOUT_SECONDS:
+            raise TimeoutError(f"{self.unanswered} publishes unconfirmed")
+        return acked
 
     def close(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            try:
-                connection.close()
-            except Exception:  # already broken: nothing to close cleanly
-                logger.debug("closing the publisher's broker connection failed", exc_info=True)
+        try:
+            self.connection.close()
+        except Exception:  # already broken: nothing to close cleanly
+            logger.debug("closing the publisher's broker connection failed", exc_info=True)
 
-    @staticmethod
-    def _uses_batch_confirms() -> bool:
-        conf = celery_app.conf
-        return bool(conf.broker_transport_options.get("confirm_publish")) and not (
-            conf.task_send_sent_event
-        )
+
+def _uses_batch_confirms() -> bool:
+    # The batch path maps the channel's n-th confirm to the n-th row: it needs one
+    # message per task, and Celery's task-sent events would add a second.
+    conf = celery_app.conf
+    return bool(conf.broker_transport_options.get("confirm_publish")) and not (
+        conf.task_send_sent_event
+    )
 
 
 background_publisher = BackgroundPublisher()
@@ -217,18 +278,12 @@ def publish_many(rows: Iterable[tuple[int, str]]) -> list[int]:
     return published
 
 
-def publish_batch(rows: list[tuple[int, str]], connection: Any = None) -> list[int]:
-    """Publish (id, queue) pairs; the ids the broker took, without touching the rows.
-
-    ``connection``: a broker connection to publish on (kept by the caller); by
-    default each batch opens its own.
-    """
+def publish_batch(rows: list[tuple[int, str]]) -> list[int]:
+    """Publish (id, queue) pairs; the ids the broker took, without touching the rows."""
     if not rows:
         return []
-    # The batch path maps the channel's n-th confirm to the n-th row: it needs one
-    # message per task, and Celery's task-sent events would add a second.
-    if _KeptConnection._uses_batch_confirms():
-        return _publish_batch_confirmed(rows, connection)
+    if _uses_batch_confirms():
+        return _publish_batch_confirmed(rows)
     return _publish_each(rows)
 
 
@@ -252,7 +307,7 @@ def _publish_each(rows: list[tuple[int, str]]) -> list[int]:
 BATCH_CONFIRM_TIMEOUT_SECONDS = 30.0
 
 
-def _publish_batch_confirmed(rows: list[tuple[int, str]], connection: Any = None) -> list[int]:
+def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
     """Publish a batch on a channel in confirm mode, then wait for the confirms once.
 
     With a synchronous confirm per message (what ``confirm_publish`` does for a
@@ -264,14 +319,11 @@ def _publish_batch_confirmed(rows: list[tuple[int, str]], connection: Any = None
     """
     confirms: _Confirms | None = None
     try:
-        if connection is not None:
+        # A connection of its own, closed afterwards: a pooled one that failed
+        # mid-batch (the broker restarting) stayed unusable in the pool. One
+        # handshake per batch is small beside hundreds of messages.
+        with celery_app.connection_for_write() as connection:
             confirms = _publish_on(connection, rows)
-        else:
-            # A connection of its own, closed afterwards: a pooled one that failed
-            # mid-batch (the broker restarting) stayed unusable in the pool. One
-            # handshake per batch is small beside hundreds of messages.
-            with celery_app.connection_for_write() as own:
-                confirms = _publish_on(own, rows)
     except _BatchFailed as failed:  # the broker went away: what it confirmed still counts
         confirms = failed.confirms
         _note_failure()
@@ -313,7 +365,7 @@ class _Confirms:
     def __init__(self, channel: Any) -> None:
         self.sent = 0
         self.acknowledged: set[int] = set()
-        self._answered: set[int] = set()
+        self._answered: set[int] = set()  # answered tags above the floor
         self._floor = 0  # every tag up to here is answered
         # Publish without waiting for each confirm; collect them as they come.
         channel.basic_publish = channel._basic_publish
@@ -321,6 +373,10 @@ class _Confirms:
         channel._confirm_selected = True
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
+
+    @property
+    def unanswered(self) -> int:
+        return self.sent - self._floor - len(self._answered)
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         tags = self._tags(delivery_tag, multiple)
@@ -340,11 +396,12 @@ class _Confirms:
         self._answered.update(tags)
         while self._floor + 1 in self._answered:
             self._floor += 1
+            self._answered.discard(self._floor)  # a kept channel's tags grow without end
 
     def wait(self, connection: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while len(self._answered) < self.sent:
+        while self.unanswered:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{self.sent - len(self._answered)} publishes unconfirmed")
+                raise TimeoutError(f"{self.unanswered} publishes unconfirmed")
             connection.drain_events(timeout=remaining)
