@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from flashsend.urls import handler400, handler404, handler500  # noqa: F401 - JSON errors here too
 from flashsend.urls import urlpatterns as flashsend_urlpatterns
 from notifications.models import Notification
 

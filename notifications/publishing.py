@@ -114,8 +114,12 @@ class BackgroundPublisher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: list[tuple[int, str]] = []
+        self._confirmed: list[int] = []  # confirmed by RabbitMQ, not marked yet
         self._wake = threading.Event()
         self._owner_pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._stream: _ConfirmStream | None = None  # the thread's own; no one else's
 
     def add(self, notification_id: int, queue: str) -> None:
         with self._lock:
@@ -131,9 +135,9 @@ class BackgroundPublisher:
         self._wake.set()
 
     def flush(self) -> int:
-        """Publish and mark everything waiting, in the calling thread (at exit, in
-        tests); how many were marked."""
-        marked = 0
+        """Mark what was confirmed, then publish and mark everything waiting, in the
+        calling thread (at exit, in tests); how many were marked."""
+        marked = self._mark_confirmed()
         while batch := self._take():
             if broker_recently_failed():
                 logger.info("broker recently failed; %d left to the sweeper", len(batch))
@@ -141,61 +145,128 @@ class BackgroundPublisher:
             marked += _mark(publish_batch(batch))
         return marked
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the thread publish what waits, mark what was confirmed and end; then
+        publish anything left from here (process exit, tests)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout)
+        self.flush()
+        db_connection.close()
+
     def _take(self) -> list[tuple[int, str]]:
         with self._lock:
             batch = self._pending[: settings.API_PUBLISH_BATCH_SIZE]
             del self._pending[: len(batch)]
         return batch
 
+    def _mark_confirmed(self) -> int:
+        with self._lock:
+            confirmed, self._confirmed = self._confirmed, []
+        return _mark(confirmed) if confirmed else 0
+
     def _ensure_thread(self) -> None:
-        # Per process: gunicorn forks its workers after the app may have been loaded.
-        if self._owner_pid == os.getpid():
-            return
+        # Per process (gunicorn forks its workers after the app may have been loaded),
+        # and again if the thread ever died.
+        if self._owner_pid == os.getpid() and self._thread is not None:
+            if self._thread.is_alive():
+                return
+            logger.error("the publishing thread had stopped; starting it again")
+        if self._owner_pid != os.getpid():
+            atexit.register(self.stop)
         self._owner_pid = os.getpid()
-        threading.Thread(target=self._run, name="notification-publisher", daemon=True).start()
-        atexit.register(self.flush)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="notification-publisher")
+        self._thread.daemon = True
+        self._thread.start()
 
     def _run(self) -> None:
-        stream: _ConfirmStream | None = None
-        confirmed: list[int] = []
         marked_at = time.monotonic()
-        while True:
-            waiting = stream is not None and stream.unanswered > 0
-            woke = self._wake.wait(0.02 if waiting or confirmed else _IDLE_CONNECTION_SECONDS)
+        while not self._stopping.is_set():
+            busy = bool(self._confirmed) or (self._stream is not None and self._stream.unanswered)
+            woke = self._wake.wait(0.02 if busy else _IDLE_CONNECTION_SECONDS)
             self._wake.clear()
-            if not (woke or waiting or confirmed) and stream is not None:
-                stream.close()  # idle: a connection kept for hours is not to be trusted
-                stream = None
-            try:
-                stream = self._publish_waiting(stream, confirmed)
-            except Exception as exc:  # never let the thread die: the sweeper covers a loss
-                _note_failure()
-                logger.warning("background publish failed, left to the sweeper: %s", exc)
-                if stream is not None:
-                    stream.close()
-                stream = None
-            if confirmed and time.monotonic() - marked_at >= _MARK_INTERVAL_SECONDS:
-                _mark(confirmed)
-                db_connection.close()  # this thread's connection goes back to the pool
-                confirmed = []
+            if not (woke or busy):
+                self._drop_stream(gracefully=True)  # idle: not to be trusted for hours
+            self._publish_safely()
+            if time.monotonic() - marked_at >= _MARK_INTERVAL_SECONDS:
+                if self._mark_confirmed():
+                    _release_db_connection()
                 marked_at = time.monotonic()
+        # Stopping: the last confirms get a moment to arrive, then everything is marked.
+        deadline = time.monotonic() + 1.0
+        while self._stream is not None and self._stream.unanswered:
+            if time.monotonic() > deadline:
+                break
+            self._publish_safely()
+        self._drop_stream(gracefully=True)
+        self._mark_confirmed()
+        db_connection.close()
 
-    def _publish_waiting(
-        self, stream: _ConfirmStream | None, confirmed: list[int]
-    ) -> _ConfirmStream | None:
-        """Publish what is waiting and collect what was confirmed into ``confirmed``."""
+    def _publish_safely(self) -> None:
+        try:
+            self._publish_waiting()
+        except Exception as exc:
+            if self._stream is None:
+                self._give_up(exc)
+                return
+            # A kept connection fails first after a broker restart: what it had not
+            # had confirmed goes out again at once on a new one. A message that did
+            # arrive twice is harmless (the claim lets one delivery through).
+            unconfirmed = self._stream.unconfirmed()
+            self._drop_stream(gracefully=False)
+            logger.info("broker connection lost (%s); publishing on a new one", exc)
+            try:
+                self._stream = _ConfirmStream()
+                self._stream.publish(unconfirmed)
+            except Exception as again:
+                self._drop_stream(gracefully=False)
+                self._give_up(again)
+
+    def _publish_waiting(self) -> None:
+        """Publish what is waiting and keep what was confirmed for marking."""
         while batch := self._take():
             if broker_recently_failed():
                 logger.info("broker recently failed; %d left to the sweeper", len(batch))
             elif not _uses_batch_confirms():
-                confirmed.extend(publish_batch(batch))  # the other brokers: Celery's pool
+                self._keep(publish_batch(batch))  # the other brokers: Celery's pool
             else:
-                stream = stream or _ConfirmStream()
-                stream.publish(batch)
+                self._stream = self._stream or _ConfirmStream()
+                try:
+                    self._stream.publish(batch)
+                except Exception:
+                    self._put_back(batch[self._stream.published :])
+                    raise
                 _note_success()
-        if stream is not None:
-            confirmed.extend(stream.collect())
-        return stream
+        if self._stream is not None:
+            self._keep(self._stream.collect())
+
+    def _drop_stream(self, *, gracefully: bool) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            self._keep(stream.salvage())  # what RabbitMQ confirmed still counts
+            if gracefully:
+                stream.close()
+            else:
+                stream.abandon()
+
+    @staticmethod
+    def _give_up(exc: Exception) -> None:
+        # Never let the thread die: the sweeper publishes what was lost here.
+        _note_failure()
+        logger.warning("background publish failed, left to the sweeper: %s", exc)
+
+    def _keep(self, confirmed: list[int]) -> None:
+        if confirmed:
+            with self._lock:
+                self._confirmed.extend(confirmed)
+
+    def _put_back(self, rows: list[tuple[int, str]]) -> None:
+        """Rows a failed publish did not send go first in line again."""
+        with self._lock:
+            self._pending[:0] = rows
+        self._wake.set()
 
 
 def _mark(published: list[int]) -> int:
@@ -206,33 +277,59 @@ def _mark(published: list[int]) -> int:
         return 0
 
 
+def _release_db_connection() -> None:
+    """Give the thread's database connection back between marks (0.2 s apart).
+
+    With the pool, closing returns it; without one, a connection is kept (opening
+    one five times a second would cost more than it saves) unless it is broken or
+    past its age.
+    """
+    if db_connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        db_connection.close()
+    else:
+        db_connection.close_if_unusable_or_obsolete()
+
+
 class _ConfirmStream:
     """A connection and confirm-mode channel kept open: publish now, confirms later."""
 
-    # Messages unconfirmed with no confirm at all for this long are given up (the
-    # connection with them): RabbitMQ is blocked or the connection is dead.
+    # A message unconfirmed for this long is given up with the connection (RabbitMQ
+    # is blocked, or the connection is dead); so are more than this many outstanding.
     CONFIRM_TIMEOUT_SECONDS = 30.0
+    MAX_UNANSWERED = 20_000
+    # A write RabbitMQ does not take within this long (a memory or disk alarm blocks
+    # publishers) fails instead of hanging the thread.
+    WRITE_TIMEOUT_SECONDS = 10.0
 
     def __init__(self) -> None:
-        self.connection: Any = celery_app.connection_for_write()
-        self.connection.connect()
-        self.channel: Any = self.connection.channel()
-        self.confirms = _Confirms(self.channel)
+        self.connection: Any = celery_app.connection_for_write(
+            transport_options={"write_timeout": self.WRITE_TIMEOUT_SECONDS}
+        )
+        try:
+            self.connection.connect()
+            self.channel: Any = self.connection.channel()
+            self.confirms = _Confirms(self.channel)
+        except Exception:
+            self.abandon()
+            raise
         self.producer = celery_app.amqp.Producer(self.channel)
-        self.ids: dict[int, int] = {}  # delivery tag -> notification id, until answered
-        self.progress_at = time.monotonic()  # the last confirm, or the last idle moment
+        # delivery tag -> (notification id, queue, when it went out), until answered
+        self.ids: dict[int, tuple[int, str, float]] = {}
+        self.published = 0
 
     @property
     def unanswered(self) -> int:
         return self.confirms.unanswered
 
     def publish(self, rows: list[tuple[int, str]]) -> None:
-        if not self.unanswered:
-            self.progress_at = time.monotonic()
+        """Send the rows without waiting; ``published`` counts those sent, if it fails."""
+        now = time.monotonic()
+        self.published = 0
         for notification_id, queue in rows:
             _send_task(notification_id, queue, self.producer, retry=False)
             self.confirms.sent += 1
-            self.ids[self.confirms.sent] = notification_id
+            self.ids[self.confirms.sent] = (notification_id, queue, now)
+            self.published += 1
 
     def collect(self) -> list[int]:
         """Read the confirms that have arrived; the ids RabbitMQ acknowledged."""
@@ -241,21 +338,43 @@ class _ConfirmStream:
                 self.connection.drain_events(timeout=0.001)
         except TimeoutError:
             pass  # nothing more has arrived yet
-        acked = [self.ids.pop(tag) for tag in self.confirms.acknowledged]
-        self.confirms.acknowledged.clear()
-        if acked or not self.unanswered:
-            self.progress_at = time.monotonic()
-        if not self.unanswered:
-            self.ids.clear()  # what is left was nacked: the sweeper's
-        elif time.monotonic() - self.progress_at > self.CONFIRM_TIMEOUT_SECONDS:
+        acked = self.salvage()
+        # Tags at or below the floor are all answered: those left were nacked.
+        for tag in [tag for tag in self.ids if tag <= self.confirms.floor]:
+            del self.ids[tag]
+        oldest = self.ids.get(self.confirms.floor + 1)
+        if oldest is not None and time.monotonic() - oldest[2] > self.CONFIRM_TIMEOUT_SECONDS:
+            raise TimeoutError(f"{self.unanswered} publishes unconfirmed for too long")
+        if self.unanswered > self.MAX_UNANSWERED:
             raise TimeoutError(f"{self.unanswered} publishes unconfirmed")
         return acked
+
+    def salvage(self) -> list[int]:
+        """The ids acknowledged since the last call, with no network call."""
+        acked = [self.ids.pop(tag)[0] for tag in self.confirms.acknowledged if tag in self.ids]
+        self.confirms.acknowledged.clear()
+        return acked
+
+    def unconfirmed(self) -> list[tuple[int, str]]:
+        """What went out with no answer yet, as (id, queue), oldest first."""
+        return [
+            (row[0], row[1])
+            for tag, row in sorted(self.ids.items())
+            if not self.confirms.answered(tag)
+        ]
 
     def close(self) -> None:
         try:
             self.connection.close()
-        except Exception:  # already broken: nothing to close cleanly
-            logger.debug("closing the publisher's broker connection failed", exc_info=True)
+        except Exception:  # already broken: drop it without a goodbye
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Drop the connection without talking to the broker (it may not answer)."""
+        try:
+            self.connection.collect()
+        except Exception:  # nothing more can be done about a connection gone bad
+            logger.debug("dropping the publisher's broker connection failed", exc_info=True)
 
 
 def _uses_batch_confirms() -> bool:
@@ -377,6 +496,14 @@ class _Confirms:
     @property
     def unanswered(self) -> int:
         return self.sent - self._floor - len(self._answered)
+
+    def answered(self, tag: int) -> bool:
+        return tag <= self._floor or tag in self._answered
+
+    @property
+    def floor(self) -> int:
+        """Every tag up to this one has been answered."""
+        return self._floor
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         tags = self._tags(delivery_tag, multiple)

@@ -35,6 +35,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(reason + " (set DATABASE_URL, CELERY_BROKER_URL and REDIS_URL to run it)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_publishing_thread(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """The API's publishing thread holds a database connection: end it before the
+    test database is dropped."""
+    yield
+    from notifications.publishing import background_publisher
+
+    with django_db_blocker.unblock():
+        background_publisher.stop()
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     # The production hasher is slow on purpose; tests log in hundreds of times.

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +16,7 @@ import pytest
 
 from accounts.models import User
 from flashsend.celery import app
+from notifications import publishing
 from notifications.models import Notification
 from notifications.publishing import BackgroundPublisher, publish_batch, publish_many
 from tests.pipeline import purge_queues, queue_depth, wait_for
@@ -151,8 +154,62 @@ def test_beyond_the_pending_limit_notifications_are_left_to_the_sweeper(
     settings.API_PUBLISH_MAX_PENDING = 3
     publisher = BackgroundPublisher()
     rows = _rows(user, 5)
-    with publisher._lock:
-        publisher._owner_pid = os.getpid()  # as if its thread ran: none is started here
-    for row in rows:
+    busy = threading.Event()
+    stand_in = threading.Thread(target=busy.wait)  # a live "thread" that takes nothing
+    stand_in.start()
+    publisher._owner_pid, publisher._thread = os.getpid(), stand_in
+    try:
+        for row in rows:
+            publisher.add(row.pk, row.queue_name)
+        assert [row_id for row_id, _ in publisher._pending] == [row.pk for row in rows[:3]]
+    finally:
+        busy.set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_publishing_thread_recovers_from_a_rabbitmq_restart(
+    user: User, rabbitmq_only: None, rabbitmq_control: Any
+) -> None:
+    """Its kept connection dies with the broker; the thread opens a new one."""
+    purge_queues()
+    publisher = BackgroundPublisher()
+    before, during, after = _rows(user, 1), _rows(user, 1), _rows(user, 3)
+    publisher.add(before[0].pk, before[0].queue_name)
+    wait_for(lambda: Notification.objects.filter(pk=before[0].pk, published_at__isnull=False))
+    rabbitmq_control.stop()
+    try:
+        publisher.add(during[0].pk, during[0].queue_name)
+        time.sleep(1)  # the thread tries and fails
+    finally:
+        rabbitmq_control.start()
+    time.sleep(publishing.BROKER_BACKOFF_SECONDS)  # the backoff after a failure
+    for row in after:
         publisher.add(row.pk, row.queue_name)
-    assert [row_id for row_id, _ in publisher._pending] == [row.pk for row in rows[:3]]
+    ids = [row.pk for row in after]
+    wait_for(
+        lambda: Notification.objects.filter(pk__in=ids, published_at__isnull=False).count() == 3,
+        timeout=15,
+    )
+    # Refused while the broker was away: left to the sweeper.
+    assert Notification.objects.get(pk=during[0].pk).published_at is None
+    assert publisher._thread is not None
+    assert publisher._thread.is_alive()
+    publisher.stop()
+    assert not publisher._thread.is_alive()
+    purge_queues()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_publishing_thread_that_died_is_started_again(user: User, rabbitmq_only: None) -> None:
+    purge_queues()
+    publisher = BackgroundPublisher()
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    publisher._owner_pid, publisher._thread = os.getpid(), dead  # as if it had died
+    (row,) = _rows(user, 1)
+    publisher.add(row.pk, row.queue_name)
+    wait_for(lambda: Notification.objects.filter(pk=row.pk, published_at__isnull=False))
+    assert publisher._thread is not dead
+    publisher.stop()
+    purge_queues()
