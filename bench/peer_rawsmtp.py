@@ -18,7 +18,7 @@ from celery import Celery
 QUEUE = "bench.peer.raw"
 SENDER = "FlashSend <noreply@localhost>"
 
-app = Celery("bench_peer_raw", broker=os.environ["CELERY_BROKER_URL"])
+app = Celery("bench_peer_raw", broker=os.environ["CELERY_BROKER_URL"], set_as_current=False)
 app.conf.update(
     task_ignore_result=True,
     task_acks_late=True,

@@ -55,16 +55,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=sorted(PLANS), default="quick")
     parser.add_argument("--only", nargs="*", help="run only these parts, e.g. bench.ingest")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: keep the other parts' rows from the mode's latest summary",
+    )
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     plan = [p for p in PLANS[args.mode] if not args.only or p.split()[0] in args.only]
     parts = [_run(command.split()) for command in plan]
+    if args.update:
+        parts = _merged(args.mode, parts)
     summary = {"mode": args.mode, "started": started, "machine": _machine(), "parts": parts}
     path = ROOT / "bench" / "results" / f"summary-{args.mode}-{int(time.time())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))
     _write_doc(summary, " ".join(sys.argv[1:]) or "--mode quick")
     print(f"summary: {path.relative_to(ROOT)}; docs/benchmarks.md updated")
+
+
+def _merged(mode: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mode's latest summary with the parts just run in place of their old rows."""
+    summaries = sorted((ROOT / "bench" / "results").glob(f"summary-{mode}-*.json"))
+    if not summaries:
+        return parts
+    fresh = {part["command"]: part for part in parts}
+    old = json.loads(summaries[-1].read_text())["parts"]
+    merged = [fresh.pop(part["command"], part) for part in old]
+    return merged + list(fresh.values())
 
 
 def _run(command: list[str]) -> dict[str, Any]:
