@@ -2,9 +2,11 @@
 
 The row is the source of truth and the broker only triggers work, so a failed
 publish is never an error for the client: the row stays queued with no
-``published_at`` and the sweeper publishes it later. After a failure the publisher
-stays quiet for a short while instead of making every request wait on a broker
-that is down.
+``published_at`` and the sweeper publishes it later. The API's requests hand their
+notifications to a publishing thread of their process (``BackgroundPublisher``); the
+scheduler, the sweeper and replays publish batches (``publish_many``). After a failure
+publishing stays quiet for a short while instead of trying a broker that is down
+again and again.
 """
 
 from __future__ import annotations
@@ -442,40 +444,24 @@ def _publish_batch_confirmed(rows: list[tuple[int, str]]) -> list[int]:
         # mid-batch (the broker restarting) stayed unusable in the pool. One
         # handshake per batch is small beside hundreds of messages.
         with celery_app.connection_for_write() as connection:
-            confirms = _publish_on(connection, rows)
-    except _BatchFailed as failed:  # the broker went away: what it confirmed still counts
-        confirms = failed.confirms
+            channel: Any = connection.channel()
+            try:
+                confirms = _Confirms(channel)
+                producer = celery_app.amqp.Producer(channel)
+                for notification_id, queue in rows:
+                    # No retry: a reconnect would start a new channel's numbering.
+                    _send_task(notification_id, queue, producer, retry=False)
+                    confirms.sent += 1
+                confirms.wait(connection, BATCH_CONFIRM_TIMEOUT_SECONDS)
+            finally:
+                channel.close()
+    except Exception as exc:  # the broker went away: what it confirmed still counts
         _note_failure()
-        logger.warning("publishing %d notifications failed: %s", len(rows), failed.__cause__)
+        logger.warning("publishing %d notifications failed: %s", len(rows), exc)
     else:
         _note_success()
     acknowledged = confirms.acknowledged if confirms is not None else set()
     return [row[0] for tag, row in enumerate(rows, start=1) if tag in acknowledged]
-
-
-class _BatchFailed(Exception):
-    def __init__(self, confirms: _Confirms | None) -> None:
-        super().__init__("batch publish failed")
-        self.confirms = confirms
-
-
-def _publish_on(connection: Any, rows: list[tuple[int, str]]) -> _Confirms:
-    confirms: _Confirms | None = None
-    try:
-        channel: Any = connection.channel()
-        try:
-            confirms = _Confirms(channel)
-            producer = celery_app.amqp.Producer(channel)
-            for notification_id, queue in rows:
-                # No retry: a reconnect would start a new channel's numbering.
-                _send_task(notification_id, queue, producer, retry=False)
-                confirms.sent += 1
-            confirms.wait(connection, BATCH_CONFIRM_TIMEOUT_SECONDS)
-        finally:
-            channel.close()
-    except Exception as exc:
-        raise _BatchFailed(confirms) from exc
-    return confirms
 
 
 class _Confirms:
