@@ -232,3 +232,31 @@ def test_api_key_lookup_converts_sqlite_values(tmp_path: Path) -> None:
     result = _manage(environ, *SHELL, KEY_LOOKUP)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "datetime", "True", "True", "k@example.com"]
+
+
+EMBEDDED_SEND = """
+import time
+from accounts.models import User
+from notifications.models import Notification
+from notifications.publishing import background_publisher
+from notifications.services import notification_send
+user = User.objects.create(email="s@example.com")
+row = notification_send(owner=user, api_key=None, channel="sms", to="+14155552671", body="hi")
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    if Notification.objects.get(pk=row.pk).published_at is not None:
+        break
+    time.sleep(0.1)
+background_publisher.stop()
+print(Notification.objects.get(pk=row.pk).published_at is not None)
+"""
+
+
+def test_embedded_default_publishes_from_the_api_thread(tmp_path: Path) -> None:
+    """SQLite and the filesystem broker: the publishing thread's other path."""
+    environ = _clean_env(tmp_path)
+    assert _manage(environ, "migrate", "--noinput").returncode == 0
+    result = _manage(environ, *SHELL, EMBEDDED_SEND)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]
+    assert list((tmp_path / "broker" / "queue").iterdir())  # the task's message file
