@@ -58,6 +58,11 @@ def main() -> None:
         "--fixed-rate", type=float, help="fixed-rate phase at this many req/s instead"
     )
     parser.add_argument(
+        "--purge-between-phases",
+        action="store_true",
+        help="empty the queues before each fixed-rate phase (no worker consumes them here)",
+    )
+    parser.add_argument(
         "--no-goal-phase",
         dest="goal_phase",
         action="store_false",
@@ -90,7 +95,7 @@ def main() -> None:
             print(f"flashsend {_line(ours)} | baseline {_line(base)}", end="", flush=True)
             print(f" | ratio {ours['rps'] / base['rps']:.2f}", flush=True)
             if args.fixed_rate or args.fixed_rate_fraction > 0:
-                run.update(_fixed_phases(key, ours["rps"], base["rps"], args))
+                run.update(_fixed_phases(key, ours["rps"], base["rps"], args, env))
             runs.append(run)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -118,10 +123,12 @@ SERVER_KNOBS = (
 
 
 def _fixed_phases(
-    key: str, ours_rps: float, base_rps: float, args: argparse.Namespace
+    key: str, ours_rps: float, base_rps: float, args: argparse.Namespace, env: dict[str, str]
 ) -> dict[str, Any]:
     """FlashSend then the baseline at one fixed rate; FlashSend at the goal's fraction."""
     headers = {"X-API-Key": key}
+    if args.purge_between_phases:
+        _purge(env)
     rate = args.fixed_rate or args.fixed_rate_fraction * ours_rps
     phases: dict[str, Any] = {
         "fixed_rate": {
@@ -141,6 +148,8 @@ def _fixed_phases(
     if args.goal_phase and not args.fixed_rate:
         # The goal: >= 50 % of the baseline's rate, p99 < 50 ms at 80 % of that rate.
         goal = args.fixed_rate_fraction * 0.5 * base_rps
+        if args.purge_between_phases:
+            _purge(env)
         phases["fixed_rate_goal"] = {
             "fraction": args.fixed_rate_fraction,
             "of": "half the baseline wrk rate",
