@@ -96,16 +96,7 @@ def main() -> None:
         _skip_parsing()
     with FakeSmtpServer() as sink:
         env = _environment("http://127.0.0.1:9")  # SMS is not used here
-        env.update(
-            CELERY_BROKER_URL=PEER_BROKER_URL,
-            EMAIL_PROVIDERS="smtp",
-            SMS_PROVIDERS="twilio",
-            SMTP_HOST=sink.host,
-            SMTP_PORT=str(sink.port),
-            SMTP_SECURITY="none",
-            SMTP_EMAIL="",
-            SMTP_FROM="FlashSend <noreply@localhost>",
-        )
+        env.update(CELERY_BROKER_URL=PEER_BROKER_URL, SMS_PROVIDERS="twilio", **sink_settings(sink))
         os.environ.update(env)
         _django_setup()
         _peer_helper("migrate", sink)
@@ -220,6 +211,18 @@ def _install_post_office() -> None:
         check=True,
         timeout=300,
     )
+
+
+def sink_settings(sink: FakeSmtpServer) -> dict[str, str]:
+    """FlashSend's email settings for sending to the benchmark's SMTP sink."""
+    return {
+        "EMAIL_PROVIDERS": "smtp",
+        "SMTP_HOST": sink.host,
+        "SMTP_PORT": str(sink.port),
+        "SMTP_SECURITY": "none",
+        "SMTP_EMAIL": "",
+        "SMTP_FROM": "FlashSend <noreply@localhost>",
+    }
 
 
 def _skip_parsing() -> None:

@@ -36,21 +36,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    from bench.peer import _skip_parsing
+    from bench.peer import _skip_parsing, sink_settings
     from flashsend.fakes import FakeSmtpServer
 
     _skip_parsing()  # as in bench/peer.py: the sink only records arrivals
     with FakeSmtpServer() as sink:
-        os.environ.update(
-            DATABASE_URL=DATABASE_URL,
-            EMAIL_PROVIDERS="smtp",
-            SMTP_HOST=sink.host,
-            SMTP_PORT=str(sink.port),
-            SMTP_SECURITY="none",
-            SMTP_EMAIL="",
-            SMTP_FROM="FlashSend <noreply@localhost>",
-            LOG_LEVEL="WARNING",
-        )
+        os.environ.update(DATABASE_URL=DATABASE_URL, LOG_LEVEL="WARNING", **sink_settings(sink))
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flashsend.settings")
         sys.path.insert(0, str(ROOT))
         import django

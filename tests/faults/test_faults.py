@@ -39,6 +39,16 @@ def _statuses(ids: list[int]) -> Counter[str]:
     return Counter(Notification.objects.filter(id__in=ids).values_list("status", flat=True))
 
 
+def _sweep_until_sent(ids: list[int], timeout: float) -> None:
+    """Run the sweeper as celery-beat would until every one of ``ids`` is sent."""
+
+    def all_sent() -> bool:
+        notification_sweep()
+        return _statuses(ids)[Status.SENT] == len(ids)
+
+    wait_for(all_sent, timeout=timeout, interval=1.0)
+
+
 def _worker_process(settings: Any, tmp_path: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -106,12 +116,7 @@ def test_kill_9_worker_with_work_in_flight_loses_nothing(
             first.kill()
     second = _worker_process(settings, tmp_path)
     try:
-
-        def all_sent() -> bool:
-            notification_sweep()  # what celery-beat runs every few seconds
-            return _statuses(ids)[Status.SENT] == total
-
-        wait_for(all_sent, timeout=240, interval=1.0)
+        _sweep_until_sent(ids, timeout=240)
     finally:
         _stop(second)
     deliveries = Counter(m.body for m in fake.messages("twilio"))
@@ -141,14 +146,9 @@ def test_worker_resumes_at_once_after_rabbitmq_restarts_mid_backlog(
         finally:
             rabbitmq_control.start()
         sent_at_restart = _statuses(ids)[Status.SENT]
-
-        def all_sent() -> bool:
-            notification_sweep()  # what celery-beat runs every few seconds
-            return _statuses(ids)[Status.SENT] == total
-
         # The rest takes a few seconds at this worker's rate; a stalled worker
         # (threads hung on a prefetch update) sat idle for minutes.
-        wait_for(all_sent, timeout=60, interval=1.0)
+        _sweep_until_sent(ids, timeout=60)
     finally:
         _stop(worker)
     deliveries = Counter(m.body for m in fake.messages("twilio"))
