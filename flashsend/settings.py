@@ -295,7 +295,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A worker's delivery engine (notifications/engine.py) keeps up to two claimed rows
+# per thread; a third message per thread waits in hand, so the next claim never
+# waits on the broker.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 3
 # On a lost broker connection, unacknowledged tasks come back through redelivery;
 # the row's claim keeps the redelivered copy from sending again. (Celery 6's default.)
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True

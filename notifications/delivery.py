@@ -1,7 +1,9 @@
-"""One delivery round of one notification: claim, send through the chain, record.
+"""Delivery rounds: claim, send through the chain, record.
 
-The task (notifications.tasks) calls ``notification_deliver`` and turns its answer
-into Celery's vocabulary: done, retry after n seconds, or dead-letter.
+A worker's delivery engine (notifications.engine) runs the three steps for many
+notifications at once: one claim statement for what it holds, the sends on its
+threads, one statement for a group of verdicts. ``notification_deliver`` runs them for
+one notification (the task's own body, used by pools the engine does not drive).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -18,7 +21,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from notifications import lifecycle
-from notifications.models import AttemptOutcome, DeliveryAttempt, Notification
+from notifications.models import AttemptOutcome, DeliveryAttempt, Notification, Status
 from notifications.providers import registry
 from notifications.providers.base import OutboundMessage
 from notifications.providers.chain import AttemptRecord, ChainOutcome, send_with_failover
@@ -42,15 +45,27 @@ class DeliveryResult:
 
 
 def notification_deliver(*, notification_id: int) -> DeliveryResult:
-    lease = timedelta(seconds=settings.DELIVERY_CLAIM_LEASE_SECONDS)
-    notification = lifecycle.claim(notification_id, lease=lease)
-    if notification is None:
+    """One notification, start to end: claim, send, record."""
+    claimed = claim([notification_id])
+    if not claimed:
         # Redelivered or duplicate message: the row says it is done, canceled or
         # in another worker's hands. Acknowledge without calling any provider.
         return DeliveryResult(Verdict.SKIPPED)
     _release_database_connection()
-    outcome = send_with_failover(registry.chain_for(notification.channel), _message(notification))
-    return record_verdict(notification, outcome)
+    [notification] = claimed
+    return record_verdict(notification, send(notification))
+
+
+def claim(notification_ids: Sequence[int]) -> list[Notification]:
+    """The rows of these ids this worker may send now (one statement)."""
+    lease = timedelta(seconds=settings.DELIVERY_CLAIM_LEASE_SECONDS)
+    return lifecycle.claim_many(notification_ids, lease=lease)
+
+
+def send(notification: Notification) -> ChainOutcome:
+    """One round through the channel's providers. Never raises: a provider's
+    failure, expected or not, is an attempt in the outcome."""
+    return send_with_failover(registry.chain_for(notification.channel), _message(notification))
 
 
 # Waits before each new try at recording a verdict: about a minute, enough for a
@@ -63,31 +78,41 @@ def record_verdict(
     outcome: ChainOutcome,
     delays: tuple[float, ...] = RECORD_RETRY_DELAYS,
 ) -> DeliveryResult:
-    """Store the attempts and the verdict, in one transaction, whatever it takes.
+    return record_verdicts([(notification, outcome)], delays)[notification.pk]
 
-    The provider has already been called. If this failed up to Celery, the task
-    would be retried, its claim refused, and the row left processing until the
-    sweeper hands it out again after the lease: a second send. So a database that
-    is briefly away is waited for here, in the task that made the call.
+
+def record_verdicts(
+    deliveries: Sequence[tuple[Notification, ChainOutcome]],
+    delays: tuple[float, ...] = RECORD_RETRY_DELAYS,
+) -> dict[int, DeliveryResult]:
+    """Store the attempts and the verdicts, in one statement, whatever it takes.
+
+    The providers have already been called. If this failed up to Celery, the
+    message would come back, its claim be refused, and the row left processing
+    until the sweeper hands it out again after the lease: a second send. So a
+    database that is briefly away is waited for here, by whoever made the calls.
     """
+    concluded = [_conclude(notification, outcome) for notification, outcome in deliveries]
     for delay in (*delays, None):
         try:
-            # The attempts and the verdict are written together: a row never says
+            # The attempts and the verdicts are written together: a row never says
             # "sent" without the attempt that sent it, nor the other way round.
-            return _conclude(notification, outcome)
+            lifecycle.leave_processing([verdict for verdict, _ in concluded])
+            break
         except (OperationalError, InterfaceError) as exc:
             if delay is None:
                 raise
             logger.warning(
-                "notification %s: recording the verdict failed (%s); again in %s s",
-                notification.pk,
-                exc,
-                delay,
+                "recording %d verdicts failed (%s); again in %s s", len(concluded), exc, delay
             )
             if not connection.in_atomic_block:
                 connection.close()  # a broken connection is replaced on next use
             time.sleep(delay)
-    raise AssertionError("unreachable")  # the loop returns or raises
+    results = {verdict.notification_id: result for verdict, result in concluded}
+    for notification_id, result in results.items():
+        if result.verdict is Verdict.DEAD:
+            logger.error("notification %s is dead: %s", notification_id, result.error)
+    return results
 
 
 def _release_database_connection() -> None:
@@ -136,38 +161,34 @@ def _attempt_row(notification: Notification, record: AttemptRecord) -> DeliveryA
     )
 
 
-def _conclude(notification: Notification, outcome: ChainOutcome) -> DeliveryResult:
+def _conclude(
+    notification: Notification, outcome: ChainOutcome
+) -> tuple[lifecycle.Verdict, DeliveryResult]:
     # One INSERT for the whole round's attempts, however many providers it tried,
     # written with the verdict.
     attempts = [_attempt_row(notification, record) for record in outcome.attempts]
     delivered = outcome.delivered
     if delivered is not None and delivered.result is not None:
-        lifecycle.mark_sent(
-            notification.pk,
-            provider=delivered.provider,
-            provider_message_id=delivered.result.message_id[:128],
-            attempts=attempts,
-        )
-        return DeliveryResult(Verdict.SENT)
+        message_id = delivered.result.message_id[:128]
+        verdict = lifecycle.sent(notification.pk, delivered.provider, message_id, attempts)
+        return verdict, DeliveryResult(Verdict.SENT)
     error = _describe(outcome)
     last_provider = outcome.attempts[-1].provider if outcome.attempts else ""
     if outcome.permanent:
-        lifecycle.mark_failed(
-            notification.pk, error=error, provider=last_provider, attempts=attempts
-        )
-        return DeliveryResult(Verdict.FAILED, error=error)
+        failed = lifecycle.ended(notification.pk, Status.FAILED, error, last_provider, attempts)
+        return failed, DeliveryResult(Verdict.FAILED, error=error)
     if notification.attempt_count > settings.DELIVERY_MAX_RETRIES:
-        lifecycle.mark_dead(notification.pk, error=error, provider=last_provider, attempts=attempts)
-        logger.error("notification %s is dead: %s", notification.pk, error)
-        return DeliveryResult(Verdict.DEAD, error=error)
+        dead = lifecycle.ended(notification.pk, Status.DEAD, error, last_provider, attempts)
+        return dead, DeliveryResult(Verdict.DEAD, error=error)
     delay = backoff_seconds(notification.attempt_count)
-    lifecycle.mark_retrying(
+    retrying = lifecycle.Verdict(
         notification.pk,
-        error=error,
+        Status.RETRYING,
+        last_error=error,
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
         attempts=attempts,
     )
-    return DeliveryResult(Verdict.RETRY, retry_in=delay, error=error)
+    return retrying, DeliveryResult(Verdict.RETRY, retry_in=delay, error=error)
 
 
 def _describe(outcome: ChainOutcome) -> str:

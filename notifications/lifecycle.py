@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import AutoField
-from django.db.models.sql import InsertQuery, UpdateQuery
+from django.db.models import AutoField, F
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from notifications.models import DeliveryAttempt, Notification, Status
@@ -34,32 +35,58 @@ def claim(notification_id: int, *, lease: timedelta) -> Notification | None:
     belongs to a worker that was killed mid-task (its message comes back through
     redelivery or the sweeper); the lease is longer than the task's hard time limit,
     so a live worker never loses its row this way.
-
-    One statement (UPDATE ... RETURNING, on PostgreSQL and SQLite alike) both wins
-    the row and reads it: this runs once per delivery, on the hot path.
     """
+    rows = claim_many([notification_id], lease=lease)
+    return rows[0] if rows else None
+
+
+def claim_many(notification_ids: Sequence[int], *, lease: timedelta) -> list[Notification]:
+    """``claim`` for many rows in one statement; returns the rows won, in any order.
+
+    One UPDATE ... RETURNING (PostgreSQL and SQLite alike) both wins the rows and
+    reads them: a worker claims what it has in hand together, not row by row.
+    """
+    ids = sorted(set(notification_ids))
+    if not ids:
+        return []
     now = _now()
     ops = connection.ops
     table = ops.quote_name(Notification._meta.db_table)
     stamp = ops.adapt_datetimefield_value(now)
     cutoff = ops.adapt_datetimefield_value(now - lease)
+    placeholders = ", ".join(["%s"] * len(ids))
     sql = (
-        f"UPDATE {table} SET status = %s, claimed_at = %s, attempt_count = attempt_count + 1, "  # noqa: S608 - only the quoted table name is interpolated
+        f"UPDATE {table} SET status = %s, claimed_at = %s, attempt_count = attempt_count + 1, "  # noqa: S608 - only the quoted table name and placeholders are interpolated
         "next_attempt_at = NULL, updated_at = %s "
-        "WHERE id = %s AND (status IN (%s, %s) OR (status = %s AND claimed_at < %s)) "
+        f"WHERE id IN ({placeholders}) "
+        "AND (status IN (%s, %s) OR (status = %s AND claimed_at < %s)) "
         "RETURNING *"
     )
     params = [
         Status.PROCESSING.value,
         stamp,
         stamp,
-        notification_id,
+        *ids,
         *(status.value for status in CLAIMABLE),
         Status.PROCESSING.value,
         cutoff,
     ]
-    rows = list(Notification.objects.raw(sql, params))
-    return rows[0] if rows else None
+    return list(Notification.objects.raw(sql, params))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one claimed row leaves processing. None in a field means: left as it is."""
+
+    notification_id: int
+    status: Status
+    last_error: str
+    provider: str | None = None
+    provider_message_id: str | None = None
+    sent_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None  # the claim cleared it
+    attempts: Sequence[DeliveryAttempt] = ()
 
 
 def mark_sent(
@@ -69,16 +96,25 @@ def mark_sent(
     provider_message_id: str,
     attempts: Sequence[DeliveryAttempt] = (),
 ) -> bool:
+    return _one(sent(notification_id, provider, provider_message_id, attempts))
+
+
+def sent(
+    notification_id: int,
+    provider: str,
+    provider_message_id: str,
+    attempts: Sequence[DeliveryAttempt] = (),
+) -> Verdict:
     now = _now()
-    return _leave_processing(
+    return Verdict(
         notification_id,
-        attempts,
-        status=Status.SENT,
+        Status.SENT,
+        last_error="",
         provider=provider,
         provider_message_id=provider_message_id,
-        last_error="",
         sent_at=now,
         finished_at=now,
+        attempts=attempts,
     )
 
 
@@ -89,12 +125,14 @@ def mark_retrying(
     next_attempt_at: datetime,
     attempts: Sequence[DeliveryAttempt] = (),
 ) -> bool:
-    return _leave_processing(
-        notification_id,
-        attempts,
-        status=Status.RETRYING,
-        last_error=error,
-        next_attempt_at=next_attempt_at,
+    return _one(
+        Verdict(
+            notification_id,
+            Status.RETRYING,
+            last_error=error,
+            next_attempt_at=next_attempt_at,
+            attempts=attempts,
+        )
     )
 
 
@@ -106,14 +144,7 @@ def mark_failed(
     attempts: Sequence[DeliveryAttempt] = (),
 ) -> bool:
     """processing -> failed; ``provider`` is the one that refused the message."""
-    return _leave_processing(
-        notification_id,
-        attempts,
-        status=Status.FAILED,
-        last_error=error,
-        provider=provider,
-        finished_at=_now(),
-    )
+    return _one(ended(notification_id, Status.FAILED, error, provider, attempts))
 
 
 def mark_dead(
@@ -124,51 +155,115 @@ def mark_dead(
     attempts: Sequence[DeliveryAttempt] = (),
 ) -> bool:
     """processing -> dead; ``provider`` is the last one tried."""
-    return _leave_processing(
+    return _one(ended(notification_id, Status.DEAD, error, provider, attempts))
+
+
+def ended(
+    notification_id: int,
+    status: Status,
+    error: str,
+    provider: str,
+    attempts: Sequence[DeliveryAttempt] = (),
+) -> Verdict:
+    """processing -> failed or dead."""
+    return Verdict(
         notification_id,
-        attempts,
-        status=Status.DEAD,
+        status,
         last_error=error,
         provider=provider,
         finished_at=_now(),
+        attempts=attempts,
     )
 
 
-def _leave_processing(
-    notification_id: int, attempts: Sequence[DeliveryAttempt], **changes: object
-) -> bool:
-    """The verdict and the attempts that led to it, written together or not at all.
+def _one(verdict: Verdict) -> bool:
+    return verdict.notification_id in leave_processing([verdict])
 
-    The attempts are stored whether or not the row is still ours: the provider calls
-    happened either way. On PostgreSQL both go in one statement (the INSERT in a
-    WITH clause of the UPDATE), which is atomic by itself: one round trip instead of
-    BEGIN, INSERT, UPDATE and COMMIT, once per delivery on the workers' hot path.
+
+def leave_processing(verdicts: Sequence[Verdict]) -> set[int]:
+    """Write verdicts and the attempts that led to them, together or not at all.
+
+    Returns the ids whose row was still processing (ours); the others were taken
+    over meanwhile and keep their state. The attempts are stored either way: the
+    provider calls happened. On PostgreSQL everything is one statement (the INSERT
+    in a WITH clause of one UPDATE ... FROM unnest(...)), atomic by itself: a worker
+    records a whole group of deliveries in one round trip.
     """
-    changes["updated_at"] = _now()
-    leaving = Notification.objects.filter(id=notification_id, status=Status.PROCESSING)
-    if attempts and connection.vendor == "postgresql":
-        update_sql, update_params = _update_sql(leaving, changes)
+    if not verdicts:
+        return set()
+    attempts = [attempt for verdict in verdicts for attempt in verdict.attempts]
+    if connection.vendor != "postgresql":
+        return _leave_processing_each(verdicts, attempts)
+    update_sql, update_params = _verdicts_update_sql(verdicts)
+    if attempts:
         insert_sql, insert_params = _insert_sql(attempts)
-        # Inside a caller's transaction a savepoint keeps a failed statement from
-        # aborting it (the worker calls this in autocommit: no extra round trips).
-        with (
-            transaction.atomic(savepoint=True) if connection.in_atomic_block else nullcontext(),
-            connection.cursor() as cursor,
-        ):
-            cursor.execute(
-                f"WITH attempts AS ({insert_sql}) {update_sql}", (*insert_params, *update_params)
-            )
-            return bool(cursor.rowcount == 1)
+        update_sql = f"WITH attempts AS ({insert_sql}) {update_sql}"
+        update_params = (*insert_params, *update_params)
+    # Inside a caller's transaction a savepoint keeps a failed statement from
+    # aborting it (the worker calls this in autocommit: no extra round trips).
+    with (
+        transaction.atomic(savepoint=True) if connection.in_atomic_block else nullcontext(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(update_sql, update_params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _leave_processing_each(
+    verdicts: Sequence[Verdict], attempts: list[DeliveryAttempt]
+) -> set[int]:
+    won: set[int] = set()
     with transaction.atomic():
         DeliveryAttempt.objects.bulk_create(attempts)
-        return leaving.update(**changes) == 1
+        for verdict in verdicts:
+            changes = {
+                name: value
+                for name in _VERDICT_FIELDS
+                if (value := getattr(verdict, name)) is not None or name in _ALWAYS_SET
+            }
+            changes["updated_at"] = _now()
+            leaving = Notification.objects.filter(
+                id=verdict.notification_id, status=Status.PROCESSING
+            )
+            if leaving.update(status=verdict.status, **changes) == 1:
+                won.add(verdict.notification_id)
+    return won
 
 
-def _update_sql(rows: object, changes: dict[str, object]) -> tuple[str, tuple[Any, ...]]:
-    """The UPDATE that ``rows.update(**changes)`` would run, compiled by Django."""
-    query = rows.query.chain(UpdateQuery)  # type: ignore[attr-defined]
-    query.add_update_values(changes)
-    sql, params = query.get_compiler(connection=connection).as_sql()
+# Verdict fields and their column types; the ones in _ALWAYS_SET are written even
+# when None (the claim cleared next_attempt_at; a verdict sets it or leaves it empty).
+_VERDICT_FIELDS = {
+    "last_error": "text",
+    "provider": "varchar",
+    "provider_message_id": "varchar",
+    "sent_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "next_attempt_at": "timestamptz",
+}
+_ALWAYS_SET = frozenset({"last_error", "next_attempt_at"})
+
+
+def _verdicts_update_sql(verdicts: Sequence[Verdict]) -> tuple[str, tuple[Any, ...]]:
+    table = connection.ops.quote_name(Notification._meta.db_table)
+    assignments = ", ".join(
+        f"{name} = v.{name}" if name in _ALWAYS_SET else f"{name} = COALESCE(v.{name}, n.{name})"
+        for name in _VERDICT_FIELDS
+    )
+    arrays = ", ".join(f"%s::{kind}[]" for kind in ("bigint", "varchar", *_VERDICT_FIELDS.values()))
+    columns = ", ".join(("id", "status", *_VERDICT_FIELDS))
+    sql = (
+        f"UPDATE {table} AS n SET status = v.status, {assignments}, updated_at = %s "  # noqa: S608 - only the quoted table name and fixed column names are interpolated
+        f"FROM unnest({arrays}) AS v({columns}) "
+        "WHERE n.id = v.id AND n.status = %s RETURNING n.id"
+    )
+    params: list[Any] = [
+        connection.ops.adapt_datetimefield_value(_now()),
+        [v.notification_id for v in verdicts],
+        [str(v.status.value) for v in verdicts],
+        *([getattr(v, name) for v in verdicts] for name in _VERDICT_FIELDS),
+        Status.PROCESSING.value,
+    ]
+    # updated_at's placeholder comes first in the text, before the arrays.
     return sql, tuple(params)
 
 
@@ -208,6 +303,22 @@ def postpone_overdue_retries(notification_ids: Iterable[int]) -> int:
         return 0
     return Notification.objects.filter(id__in=ids, status=Status.RETRYING).update(
         next_attempt_at=_now()
+    )
+
+
+def unclaim(notification_ids: Iterable[int]) -> int:
+    """processing -> queued for rows claimed but never sent (a worker stopping): the
+    claim's round is not counted, and no ``published_at``, so the sweeper publishes
+    them if their messages do not come back by themselves."""
+    ids = list(notification_ids)
+    if not ids:
+        return 0
+    return Notification.objects.filter(id__in=ids, status=Status.PROCESSING).update(
+        status=Status.QUEUED,
+        attempt_count=F("attempt_count") - 1,
+        claimed_at=None,
+        published_at=None,
+        updated_at=_now(),
     )
 
 

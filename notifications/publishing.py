@@ -68,6 +68,23 @@ def publish_one(notification_id: int, queue: str, producer: Any = None) -> bool:
     return True
 
 
+def publish_retry(notification_id: int, queue: str, *, countdown: float) -> bool:
+    """Publish the next round of a notification, due after ``countdown`` seconds."""
+    try:
+        _send_task(
+            notification_id,
+            queue,
+            None,
+            countdown=countdown,
+            retry=True,
+            retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
+        )
+    except Exception as exc:  # the sweeper publishes overdue retries
+        logger.warning("publish of the retry of notification %s failed: %s", notification_id, exc)
+        return False
+    return True
+
+
 def _send_task(notification_id: int, queue: str, producer: Any, **options: Any) -> None:
     """The delivery task's message: task id = notification id, routed to its queue."""
     from notifications.tasks import deliver_notification

@@ -1,0 +1,175 @@
+"""The worker's delivery engine on the real services: claims and verdicts in groups,
+a dead notification dead-lettered alone, retries that wait without holding the
+prefetch window, malformed messages, and pools the engine does not drive."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import User
+from flashsend.celery import app
+from notifications import lifecycle
+from notifications.models import Notification, Status
+from notifications.publishing import publish_many
+from tests.pipeline import (
+    dead_letters,
+    purge_queues,
+    queue_depth,
+    running_worker,
+    subprocess_database_url,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _queue_sms(owner: User, count: int, *, publish: bool = True) -> list[int]:
+    rows = Notification.objects.bulk_create(
+        Notification(owner=owner, channel="sms", recipient="+14155552671", body=f"n{i}")
+        for i in range(count)
+    )
+    if publish:
+        publish_many((row.pk, row.queue_name) for row in rows)
+    return [row.pk for row in rows]
+
+
+def _statuses(ids: list[int]) -> Counter[str]:
+    return Counter(Notification.objects.filter(id__in=ids).values_list("status", flat=True))
+
+
+def test_a_backlog_is_claimed_and_recorded_in_groups(user: User, providers: Any) -> None:
+    """A claim statement stamps every row it wins with the same claimed_at, and a
+    verdict statement the same updated_at: fewer distinct stamps than rows means
+    fewer statements than deliveries."""
+    purge_queues()
+    providers["twilio"].set_behaviour("twilio", delay_ms=20)
+    ids = _queue_sms(user, 200)
+    with running_worker(concurrency=4):
+        wait_for(lambda: _statuses(ids)[Status.SENT] == 200, timeout=60)
+    rows = Notification.objects.filter(id__in=ids)
+    claims = Counter(rows.values_list("claimed_at", flat=True))
+    verdicts = Counter(rows.values_list("updated_at", flat=True))
+    print(f"\n200 sent: {len(claims)} claim statements, {len(verdicts)} verdict statements")
+    # Up to two claimed rows per thread (8 here); one statement per row would give 200.
+    assert max(claims.values()) >= 4
+    assert len(claims) <= 100
+    assert len(verdicts) <= 170
+    assert len(providers["twilio"].messages("twilio")) == 200  # each sent once
+
+
+def test_one_dead_notification_of_a_group_is_dead_lettered_alone(
+    user: User, providers: Any, settings: Any
+) -> None:
+    settings.DELIVERY_MAX_RETRIES = 0
+    purge_queues()
+    providers["twilio"].set_behaviour("twilio", mode="error")
+    # Vonage refuses its first request only: one notification dies, the rest are
+    # sent by Vonage, all claimed and recorded together.
+    providers["vonage"].set_behaviour("vonage", fail_next=1)
+    ids = _queue_sms(user, 6)
+    with running_worker(concurrency=4):
+        wait_for(lambda: _statuses(ids)[Status.SENT] == 5 and _statuses(ids)[Status.DEAD] == 1)
+        letters = wait_for(dead_letters)
+    dead = Notification.objects.get(id__in=ids, status=Status.DEAD)
+    assert len(letters) == 1
+    assert letters[0]["properties"]["correlation_id"] == str(dead.pk)
+    assert queue_depth("sms.medium") == 0  # the others were acknowledged
+
+
+def test_waiting_retries_do_not_hold_the_prefetch_window(
+    user: User, providers: Any, settings: Any
+) -> None:
+    """Six retries wait 2.5 to 5 s in a worker that may hold three messages unacked
+    (one thread): new notifications are still sent at once, and the retries later."""
+    settings.DELIVERY_RETRY_BACKOFF_SECONDS = 5.0
+    purge_queues()
+    providers["twilio"].set_behaviour("twilio", mode="error")
+    providers["vonage"].set_behaviour("vonage", fail_next=6)
+    first = _queue_sms(user, 6)
+    with running_worker(concurrency=1):
+        wait_for(lambda: _statuses(first)[Status.RETRYING] == 6)
+        retrying_since = time.monotonic()
+        later = _queue_sms(user, 10)
+        wait_for(lambda: _statuses(later)[Status.SENT] == 10, timeout=30)
+        waited = time.monotonic() - retrying_since
+        still_retrying = _statuses(first)[Status.RETRYING]
+        wait_for(lambda: _statuses(first)[Status.SENT] == 6, timeout=30)
+    assert waited < 2.5, waited  # before the earliest retry was due
+    assert still_retrying == 6
+    assert set(
+        Notification.objects.filter(id__in=first).values_list("attempt_count", flat=True)
+    ) == {2}
+
+
+def test_malformed_delivery_message_is_dead_lettered(providers: Any, transactional_db: Any) -> None:
+    purge_queues()
+    with running_worker(concurrency=2):
+        with app.producer_or_acquire() as producer:
+            app.send_task(
+                "notifications.deliver",
+                args=("not an id",),
+                queue="sms.medium",
+                routing_key="sms.medium",
+                producer=producer,
+            )
+        letters = wait_for(dead_letters)
+        assert queue_depth("sms.medium") == 0
+    assert letters[0]["routing_key"] == "sms.medium"
+
+
+def test_unclaim_hands_a_claimed_row_back_uncounted(user: User) -> None:
+    [row_id] = _queue_sms(user, 1, publish=False)
+    Notification.objects.filter(id=row_id).update(published_at=timezone.now())
+    assert lifecycle.claim(row_id, lease=timedelta(minutes=5)) is not None
+    assert lifecycle.unclaim([row_id]) == 1
+    row = Notification.objects.get(id=row_id)
+    assert (row.status, row.attempt_count, row.claimed_at, row.published_at) == (
+        Status.QUEUED,
+        0,
+        None,
+        None,
+    )
+    assert lifecycle.unclaim([row_id]) == 0  # only processing rows
+
+
+def test_prefork_worker_runs_the_task_per_message(
+    user: User, providers: Any, settings: Any, tmp_path: Path
+) -> None:
+    """The engine drives thread and solo pools; a prefork worker delivers through the
+    task's own body, one message at a time."""
+    purge_queues()
+    ids = _queue_sms(user, 3)
+    env = {
+        **os.environ,
+        "DATABASE_URL": subprocess_database_url(),
+        "FLASHSEND_VAR_DIR": str(tmp_path),
+        "SMS_PROVIDERS": "twilio",
+        "TWILIO_BASE_URL": settings.TWILIO_BASE_URL,
+        "TWILIO_ACCOUNT_SID": settings.TWILIO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": settings.TWILIO_AUTH_TOKEN,
+        "TWILIO_PHONE_NUMBER": settings.TWILIO_PHONE_NUMBER,
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "flashsend", "worker", "--pool", "prefork"]
+    command += ["--concurrency", "1", "-Q", "sms.medium", "--loglevel", "WARNING"]
+    worker = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 - the project's own worker
+    try:
+        wait_for(lambda: _statuses(ids)[Status.SENT] == 3, timeout=60)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    rows = Notification.objects.filter(id__in=ids)
+    # One claim statement per message: every row has a claimed_at of its own.
+    assert len(set(rows.values_list("claimed_at", flat=True))) == 3
