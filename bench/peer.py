@@ -7,9 +7,9 @@ this process), once answering at once and once after 50 ms per message as a real
 does (N = ``--n`` and ``--slow-n``; the same N for every system against one sink):
 
 - **flashsend**: N email notifications stored in ``flashsend_bench`` and published to
-  ``email.medium``, drained by ``celery -A flashsend worker --pool threads`` (``--workers
-  1x16`` = one process of 16 threads, the production setting) sending through its SMTP
-  provider;
+  ``email.medium``, drained by ``celery -A flashsend worker --pool threads`` sending
+  through its SMTP provider (default ``--workers``: one process per core of 32 threads
+  each, the README's setting for email workers; ``1x16`` = one process of 16 threads);
 - **post_office-defaults**: N emails queued with ``post_office.mail.send_many`` in their
   own database (``flashsend_peer``), sent by ``manage.py send_queued_mail`` with no options
   and post_office's default settings (BATCH_SIZE 100, THREADS_PER_PROCESS 5, 1 process);
@@ -170,8 +170,11 @@ def _arguments() -> argparse.Namespace:
         "--workers",
         type=_worker_spec,
         nargs="+",
-        default=[(1, 16)],
-        help="FlashSend worker settings as PROCESSESxTHREADS, e.g. 1x16 2x16",
+        # One worker process per core, 32 threads each: the README's setting for email
+        # workers (their threads mostly wait on the relay's replies).
+        default=[(max(1, os.cpu_count() or 1), 32)],
+        help="FlashSend worker settings as PROCESSESxTHREADS, e.g. 1x16 2x32 (default: one "
+        "process per core x 32)",
     )
     parser.add_argument(
         "--tuned",

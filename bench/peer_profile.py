@@ -7,7 +7,8 @@ Stores N email notifications in ``flashsend_bench`` and calls
 instant fake SMTP sink (also in this process, on its own thread). Prints the wall and
 CPU time per email and the functions with the most cumulative time, grouped into the
 claim, the SMTP send and the recording of the verdict. No broker, no worker: this is
-the task body alone, which is what the peer benchmark's FlashSend runs repeat per email.
+the task body alone, one email at a time (the path of pools the delivery engine does not
+drive); a thread-pool worker claims and records in groups instead.
 """
 
 from __future__ import annotations

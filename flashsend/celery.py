@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flashsend.settings")
@@ -48,6 +48,25 @@ class _CelerySettings(Mapping[str, Any]):
 app = Celery("flashsend")
 app.config_from_object(_CelerySettings(), namespace="CELERY")
 app.autodiscover_tasks()
+
+
+class DrainDeliveriesOnStop(bootsteps.StartStopStep):
+    """A worker step that stops after the consumer and before the pool: the delivery
+    engine's deliveries in hand (notifications/engine.py) end with their verdicts
+    recorded and their messages acknowledged while the connection is still open."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def stop(self, worker: Any) -> None:
+        engine = getattr(getattr(worker, "consumer", None), "flashsend_engine", None)
+        if engine is not None:
+            engine.drain()
+
+    def terminate(self, worker: Any) -> None:
+        """A cold shutdown waits for nothing: the lease brings claimed rows back."""
+
+
+app.steps["worker"].add(DrainDeliveriesOnStop)
 
 logger = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def record_verdicts(
         try:
             # The attempts and the verdicts are written together: a row never says
             # "sent" without the attempt that sent it, nor the other way round.
-            lifecycle.leave_processing([verdict for verdict, _ in concluded])
+            ours = lifecycle.leave_processing([verdict for verdict, _ in concluded])
             break
         except (OperationalError, InterfaceError) as exc:
             if delay is None:
@@ -108,7 +108,14 @@ def record_verdicts(
             if not connection.in_atomic_block:
                 connection.close()  # a broken connection is replaced on next use
             time.sleep(delay)
-    results = {verdict.notification_id: result for verdict, result in concluded}
+    # A row no longer ours (its lease ran out and another worker took it) keeps the
+    # other worker's verdict: this one neither retries nor dead-letters it.
+    results = {
+        verdict.notification_id: result
+        if verdict.notification_id in ours
+        else DeliveryResult(Verdict.SKIPPED, error=result.error)
+        for verdict, result in concluded
+    }
     for notification_id, result in results.items():
         if result.verdict is Verdict.DEAD:
             logger.error("notification %s is dead: %s", notification_id, result.error)

@@ -52,14 +52,17 @@ logger = logging.getLogger(__name__)
 PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 # Rows claimed and not yet recorded, per pool thread.
 CLAIMED_PER_THREAD = 2
+# How long a stopping worker waits for the deliveries in hand to be recorded.
+DRAIN_SECONDS = 60.0
 # How long the claimer and the recorder wait for the rest of a burst.
 GATHER_SECONDS = 0.002
 # The most verdicts one statement records.
 MAX_GROUP = 500
 # Waits between tries at claiming while the database is away (then the last one).
 CLAIM_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
-# While the database stays away the recorder keeps trying, this long apart.
-RECORD_RETRY_SECONDS = 30.0
+# While the database stays away the recorder keeps trying, this often (well inside
+# the sweeper's interval, so a lease that ran out meanwhile is rarely lost to it).
+RECORD_RETRY_SECONDS = 5.0
 
 
 def supported(pool: Any) -> bool:
@@ -100,7 +103,7 @@ class DeliveryEngine:
         self._finished: SimpleQueue[tuple[Held, Notification, ChainOutcome] | None] = SimpleQueue()
         self._stopping = False
         self._not_started: set[int] = set()  # claimed, handed to the pool, not begun
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
 
@@ -111,20 +114,19 @@ class DeliveryEngine:
         errors = self._consumer.connection_errors
         try:
             held = _parse(message, ack, reject, errors)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            eta = message.headers.get("eta")
+            due = _due_at(eta) if eta else None
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
             logger.error("delivery message %r is malformed (%s); dead-lettered", message, exc)
             reject(logger, errors, False)
             return
-        eta = message.headers.get("eta")
-        if eta:
-            due = _due_at(eta)
-            if due > time.monotonic():
-                # As Celery does for its own ETA tasks: the message does not take one
-                # of the prefetch window's places while it waits for its time.
-                qos = self._consumer.qos
-                qos.increment_eventually()
-                self._consumer.timer.call_at(due, self._due, (held, qos), priority=6)
-                return
+        if due is not None and due > time.monotonic():
+            # As Celery does for its own ETA tasks: the message does not take one of
+            # the prefetch window's places while it waits for its time.
+            qos = self._consumer.qos
+            qos.increment_eventually()
+            self._consumer.timer.call_at(due, self._due, (held, qos), priority=6)
+            return
         self._hold(held)
 
     def _due(self, held: Held, qos: Any) -> None:
@@ -138,14 +140,15 @@ class DeliveryEngine:
             self._lock.notify_all()
 
     def _ensure_threads(self) -> None:
-        if self._threads and all(t.is_alive() for t in self._threads):
+        """Start the claimer and the recorder, or whichever of them died."""
+        if self._stopping:
             return
-        self._threads = [
-            threading.Thread(target=self._claim_loop, name="flashsend-claimer", daemon=True),
-            threading.Thread(target=self._record_loop, name="flashsend-recorder", daemon=True),
-        ]
-        for worker_thread in self._threads:
-            worker_thread.start()
+        for name, target in (("claimer", self._claim_loop), ("recorder", self._record_loop)):
+            current = self._threads.get(name)
+            if current is None or not current.is_alive():
+                started = threading.Thread(target=target, name=f"flashsend-{name}", daemon=True)
+                self._threads[name] = started
+                started.start()
 
     # --- the claimer ---------------------------------------------------------------
 
@@ -188,38 +191,55 @@ class DeliveryEngine:
             connection.close()
 
     def _claim_until_stopped(self) -> None:
+        failures = 0
         while not self._stopping:
             taken = self._take()
             if not taken:
                 continue
             try:
                 self._claim_and_start(taken)
+                failures = 0
             except Exception:
-                # Unclaimed or unsure: the messages stay unacknowledged and come
-                # back when the connection closes; the rows' claims, if any, expire.
-                logger.exception("claiming %d notifications failed", len(taken))
-                self._release(len(taken))
+                # Nothing was claimed: the messages go back, unacknowledged, to the
+                # front of the line, and claiming pauses a little longer each time.
+                failures += 1
+                delay = CLAIM_RETRY_DELAYS[min(failures, len(CLAIM_RETRY_DELAYS)) - 1]
+                logger.exception(
+                    "claiming %d notifications failed; again in %s s", len(taken), delay
+                )
+                self._put_back(taken)
+                connection.close()
+                time.sleep(delay)
+
+    def _put_back(self, taken: list[Held]) -> None:
+        with self._lock:
+            for held in reversed(taken):
+                self._waiting[held.rank].appendleft(held)
+            self._claimed -= len(taken)
+            self._lock.notify_all()
 
     def _claim_and_start(self, taken: list[Held]) -> None:
         live = [held for held in taken if _channel_open(held)]
-        rows = _claim_waiting_for_database([held.notification_id for held in live])
-        claimed = {row.pk: row for row in rows}
-        skipped = len(taken) - len(live)
+        # Held messages of a connection that has closed come back by redelivery.
+        self._release(len(taken) - len(live))
+        claimed = {row.pk: row for row in _claim_waiting_for_database(live)}
         for held in live:
             row = claimed.pop(held.notification_id, None)
             if row is None:
-                # Done, canceled, in another worker's hands, or a second message for
-                # a row this batch already has: acknowledged without a send.
+                # Done, canceled, in another worker's hands, not due yet, or a second
+                # message for a row this batch already has: acknowledged, not sent.
                 held.acknowledge()
-                skipped += 1
+                self._release(1)
                 continue
             with self._lock:
                 self._not_started.add(row.pk)
             try:
-                self._pool.apply_async(self._send, (held, row))
-            except RuntimeError:  # the pool is already shut down
-                skipped += 1
-        self._release(skipped)
+                self._pool.apply_async(self._send, (held, row), callback=_ignore)
+            except RuntimeError:  # the pool is shut down: the row is handed back
+                with self._lock:
+                    self._not_started.discard(row.pk)
+                lifecycle.unclaim([row.pk])
+                self._release(1)
 
     def _release(self, count: int) -> None:
         if count:
@@ -245,7 +265,10 @@ class DeliveryEngine:
         try:
             while (group := self._next_group()) is not None:
                 if group:
-                    self._record(group)
+                    try:
+                        self._record(group)
+                    finally:
+                        self._release(len(group))
         finally:
             connection.close()
 
@@ -270,21 +293,56 @@ class DeliveryEngine:
         return group
 
     def _record(self, group: list[tuple[Held, Notification, ChainOutcome]]) -> None:
+        """Store the group's verdicts, then tell RabbitMQ about each message."""
+        try:
+            results = self._record_waiting_for_database(group)
+        except Exception:
+            if len(group) > 1:
+                # One row the statement cannot take (deleted meanwhile, say) must not
+                # hold up the others: each is recorded alone.
+                for item in group:
+                    self._record([item])
+                return
+            held, row, _ = group[0]
+            logger.exception("the verdict of notification %s cannot be stored", row.pk)
+            held.acknowledge()  # the provider was called; sending again is worse
+            return
+        for held, row, _ in group:
+            _settle(held, row, results[row.pk])
+
+    @staticmethod
+    def _record_waiting_for_database(
+        group: list[tuple[Held, Notification, ChainOutcome]],
+    ) -> dict[int, DeliveryResult]:
         deliveries = [(row, outcome) for _, row, outcome in group]
         while True:
             try:
-                results = delivery.record_verdicts(deliveries)
-                break
+                return delivery.record_verdicts(deliveries)
             except (OperationalError, InterfaceError) as exc:
                 # Giving up would send these again after the lease: keep waiting.
                 logger.error("database away: %d verdicts wait (%s)", len(group), exc)
                 connection.close()
                 time.sleep(RECORD_RETRY_SECONDS)
-        for held, row, _ in group:
-            _settle(held, row, results[row.pk])
-        self._release(len(group))
 
     # --- stopping --------------------------------------------------------------------
+
+    def drain(self, timeout: float = DRAIN_SECONDS) -> None:
+        """Claim nothing more; wait until every claimed row's verdict is recorded.
+
+        Runs while the worker stops, after the consumer stopped taking messages and
+        before the pool and the connection stop: the sends in hand finish, and their
+        acknowledgements still reach RabbitMQ. What is held but not claimed comes back
+        by redelivery.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+            while self._claimed > 0 and time.monotonic() < deadline:
+                self._lock.wait(timeout=0.1)
+            left = self._claimed
+        if left:
+            logger.warning("%d claimed notifications still in flight at shutdown", left)
 
     def _on_shutting_down(self, **kwargs: Any) -> None:
         """Warm shutdown began: claim nothing more."""
@@ -301,7 +359,7 @@ class DeliveryEngine:
             return
         self._on_shutting_down()
         self._finished.put(None)
-        for worker_thread in self._threads:
+        for worker_thread in self._threads.values():
             worker_thread.join(timeout=30.0)
         with self._lock:
             never_sent, self._not_started = sorted(self._not_started), set()
@@ -340,7 +398,10 @@ def _channel_open(held: Held) -> bool:
     return channel is None or getattr(channel, "is_open", True) is not False
 
 
-def _claim_waiting_for_database(ids: list[int]) -> list[Notification]:
+def _claim_waiting_for_database(held: list[Held]) -> list[Notification]:
+    ids = [h.notification_id for h in held]
+    if not ids:
+        return []
     for delay in (*CLAIM_RETRY_DELAYS, None):
         try:
             return delivery.claim(ids)
@@ -353,6 +414,10 @@ def _claim_waiting_for_database(ids: list[int]) -> list[Notification]:
             connection.close()
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _ignore(result: object) -> None:
+    """The pool's callback: the send reports through the engine's queue instead."""
 
 
 def _settle(held: Held, row: Notification, result: DeliveryResult) -> None:
@@ -380,7 +445,11 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
 
     if not supported(consumer.pool):
         return default(task, app, consumer, **kwargs)
-    engine = DeliveryEngine(consumer)
+    # Celery asks for the strategy again after every reconnect: one engine per
+    # consumer, which drops what it held from the closed connection.
+    engine: DeliveryEngine | None = getattr(consumer, "flashsend_engine", None)
+    if engine is None:
+        engine = consumer.flashsend_engine = DeliveryEngine(consumer)
 
     def task_message_handler(
         message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any

@@ -20,7 +20,10 @@ from django.utils import timezone
 
 from notifications.models import DeliveryAttempt, Notification, Status
 
-CLAIMABLE = (Status.QUEUED, Status.RETRYING)
+# A retrying row is claimed once its next attempt is due: an early copy of its message
+# (one redelivered after its retry was already published) is refused, not sent ahead
+# of the backoff. The slack covers clocks of different hosts that differ a little.
+RETRY_CLOCK_SLACK = timedelta(seconds=2)
 
 
 def _now() -> datetime:
@@ -43,6 +46,9 @@ def claim(notification_id: int, *, lease: timedelta) -> Notification | None:
 def claim_many(notification_ids: Sequence[int], *, lease: timedelta) -> list[Notification]:
     """``claim`` for many rows in one statement; returns the rows won, in any order.
 
+    queued rows, retrying rows whose next attempt is due, and processing rows whose
+    claim is older than the lease (their worker died) are claimable.
+
     One UPDATE ... RETURNING (PostgreSQL and SQLite alike) both wins the rows and
     reads them: a worker claims what it has in hand together, not row by row.
     """
@@ -54,12 +60,14 @@ def claim_many(notification_ids: Sequence[int], *, lease: timedelta) -> list[Not
     table = ops.quote_name(Notification._meta.db_table)
     stamp = ops.adapt_datetimefield_value(now)
     cutoff = ops.adapt_datetimefield_value(now - lease)
+    due = ops.adapt_datetimefield_value(now + RETRY_CLOCK_SLACK)
     placeholders = ", ".join(["%s"] * len(ids))
     sql = (
         f"UPDATE {table} SET status = %s, claimed_at = %s, attempt_count = attempt_count + 1, "  # noqa: S608 - only the quoted table name and placeholders are interpolated
         "next_attempt_at = NULL, updated_at = %s "
-        f"WHERE id IN ({placeholders}) "
-        "AND (status IN (%s, %s) OR (status = %s AND claimed_at < %s)) "
+        f"WHERE id IN ({placeholders}) AND (status = %s "
+        "OR (status = %s AND (next_attempt_at IS NULL OR next_attempt_at <= %s)) "
+        "OR (status = %s AND claimed_at < %s)) "
         "RETURNING *"
     )
     params = [
@@ -67,7 +75,9 @@ def claim_many(notification_ids: Sequence[int], *, lease: timedelta) -> list[Not
         stamp,
         stamp,
         *ids,
-        *(status.value for status in CLAIMABLE),
+        Status.QUEUED.value,
+        Status.RETRYING.value,
+        due,
         Status.PROCESSING.value,
         cutoff,
     ]

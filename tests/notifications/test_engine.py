@@ -173,3 +173,36 @@ def test_prefork_worker_runs_the_task_per_message(
     rows = Notification.objects.filter(id__in=ids)
     # One claim statement per message: every row has a claimed_at of its own.
     assert len(set(rows.values_list("claimed_at", flat=True))) == 3
+
+
+def test_a_stopping_worker_records_and_acknowledges_what_it_has_in_hand(
+    user: User, providers: Any
+) -> None:
+    """Warm shutdown mid-backlog: the sends in hand finish, their verdicts are stored
+    and their messages acknowledged before the connection closes; the rest of the
+    backlog waits in the queue for the next worker."""
+    purge_queues()
+    providers["twilio"].set_behaviour("twilio", delay_ms=200)
+    ids = _queue_sms(user, 40)
+    with running_worker(concurrency=4):
+        wait_for(lambda: _statuses(ids)[Status.SENT] >= 4)
+    statuses = _statuses(ids)
+    sent = statuses[Status.SENT]
+    assert statuses[Status.PROCESSING] == 0, statuses
+    assert statuses[Status.QUEUED] == 40 - sent
+    # An acknowledgement lost at shutdown would bring a sent row's message back.
+    wait_for(lambda: queue_depth("sms.medium") == 40 - sent)
+    assert len(providers["twilio"].messages("twilio")) == sent
+
+
+def test_an_early_copy_of_a_retry_is_refused(user: User) -> None:
+    """A retrying row is claimed when its next attempt is due, not before: a copy of
+    its message redelivered early is acknowledged without a send."""
+    [row_id] = _queue_sms(user, 1, publish=False)
+    lease = timedelta(minutes=5)
+    Notification.objects.filter(id=row_id).update(
+        status=Status.RETRYING, next_attempt_at=timezone.now() + timedelta(seconds=30)
+    )
+    assert lifecycle.claim(row_id, lease=lease) is None
+    Notification.objects.filter(id=row_id).update(next_attempt_at=timezone.now())
+    assert lifecycle.claim(row_id, lease=lease) is not None

@@ -213,3 +213,25 @@ def test_a_publishing_thread_that_died_is_started_again(user: User, rabbitmq_onl
     assert publisher._thread is not dead
     publisher.stop()
     purge_queues()
+
+
+def test_the_lean_delivery_message_is_the_one_apply_async_sends(rabbitmq_only: None) -> None:
+    """The API's publishing thread and the batch publishers build the delivery task's
+    message themselves (for CPU); a worker must receive what apply_async would send."""
+    purge_queues()
+    with app.connection_for_write() as connection:
+        channel: Any = connection.channel()
+        producer = app.amqp.Producer(channel)
+        publishing._send_task(4242, "email.high", producer, retry=False)
+        publishing.publish_delivery(producer, 4242, "email.high")
+        received = [channel.basic_get("email.high", no_ack=True) for _ in range(2)]
+    celerys, ours = received
+    assert celerys is not None
+    assert ours is not None
+    assert json.loads(ours.body) == json.loads(celerys.body)
+    assert ours.headers == celerys.headers
+    assert ours.delivery_info["routing_key"] == celerys.delivery_info["routing_key"]
+    assert ours.delivery_info["exchange"] == celerys.delivery_info["exchange"] == "flashsend"
+    # reply_to is Celery's per-thread result address: unused, the task keeps no result.
+    for name in ("content_type", "content_encoding", "correlation_id", "delivery_mode"):
+        assert ours.properties.get(name) == celerys.properties.get(name), name
