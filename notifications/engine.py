@@ -18,7 +18,9 @@ The pool's size (``--concurrency``) is still the number of provider calls at onc
 Holding at most twice that many claimed rows keeps a high-priority message from
 waiting behind more than about two provider calls per thread. A killed worker loses
 nothing: its messages were not acknowledged, and its claimed rows come back after the
-lease; only rows claimed and not yet recorded may be sent again.
+lease; only rows claimed and not yet recorded may be sent again. A worker that stops
+warmly first lets the deliveries in hand finish and records them, while its connection
+can still acknowledge (``flashsend.celery.DrainDeliveriesOnStop``).
 
 The engine runs under the thread pool (the production setting) and the solo pool.
 Under other pools the task runs one message at a time (``notification_deliver``).

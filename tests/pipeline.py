@@ -3,7 +3,9 @@ RabbitMQ in a thread of the test process, and polling for outcomes."""
 
 from __future__ import annotations
 
+import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -50,6 +52,43 @@ def subprocess_database_url() -> str:
     password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
     host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
     return f"postgres://{db['USER']}{password}@{host}:{port}/{db['NAME']}"
+
+
+def queue_sms(owner: Any, count: int, *, publish: bool = True) -> list[int]:
+    """COUNT queued SMS rows of OWNER, published to their queue unless told not to."""
+    from notifications.models import Notification
+    from notifications.publishing import publish_many
+
+    rows = Notification.objects.bulk_create(
+        Notification(owner=owner, channel="sms", recipient="+14155552671", body=f"n{i}")
+        for i in range(count)
+    )
+    if publish:
+        publish_many((row.pk, row.queue_name) for row in rows)
+    return [row.pk for row in rows]
+
+
+def statuses(ids: list[int]) -> Counter[str]:
+    from notifications.models import Notification
+
+    return Counter(Notification.objects.filter(id__in=ids).values_list("status", flat=True))
+
+
+def worker_environment(settings: Any, var_dir: Any, **extra: str) -> dict[str, str]:
+    """The environment of a worker process the test starts: this run's database and
+    the fake Twilio."""
+    return {
+        **os.environ,
+        "DATABASE_URL": subprocess_database_url(),
+        "FLASHSEND_VAR_DIR": str(var_dir),
+        "SMS_PROVIDERS": "twilio",
+        "TWILIO_BASE_URL": settings.TWILIO_BASE_URL,
+        "TWILIO_ACCOUNT_SID": settings.TWILIO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": settings.TWILIO_AUTH_TOKEN,
+        "TWILIO_PHONE_NUMBER": settings.TWILIO_PHONE_NUMBER,
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
 
 
 def queue_depth(name: str) -> int:

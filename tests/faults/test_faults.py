@@ -16,27 +16,21 @@ import pytest
 
 from accounts.models import User
 from notifications.models import Notification, Status
-from notifications.publishing import publish_many
 from notifications.replay import notification_replay
 from notifications.services import notification_sweep
-from tests.pipeline import purge_queues, running_worker, subprocess_database_url, wait_for
+from tests.pipeline import (
+    purge_queues,
+    queue_sms,
+    running_worker,
+    statuses,
+    subprocess_database_url,
+    wait_for,
+    worker_environment,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _queue_sms(owner: User, count: int) -> list[int]:
-    rows = Notification.objects.bulk_create(
-        Notification(owner=owner, channel="sms", recipient="+14155552671", body=f"n{i}")
-        for i in range(count)
-    )
-    publish_many((row.pk, row.queue_name) for row in rows)
-    return [row.pk for row in rows]
-
-
-def _statuses(ids: list[int]) -> Counter[str]:
-    return Counter(Notification.objects.filter(id__in=ids).values_list("status", flat=True))
 
 
 def _sweep_until_sent(ids: list[int], timeout: float) -> None:
@@ -44,25 +38,18 @@ def _sweep_until_sent(ids: list[int], timeout: float) -> None:
 
     def all_sent() -> bool:
         notification_sweep()
-        return _statuses(ids)[Status.SENT] == len(ids)
+        return statuses(ids)[Status.SENT] == len(ids)
 
     wait_for(all_sent, timeout=timeout, interval=1.0)
 
 
 def _worker_process(settings: Any, tmp_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": subprocess_database_url(),
-        "FLASHSEND_VAR_DIR": str(tmp_path),
-        "SMS_PROVIDERS": "twilio",
-        "TWILIO_BASE_URL": settings.TWILIO_BASE_URL,
-        "TWILIO_ACCOUNT_SID": settings.TWILIO_ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": settings.TWILIO_AUTH_TOKEN,
-        "TWILIO_PHONE_NUMBER": settings.TWILIO_PHONE_NUMBER,
-        "DELIVERY_TASK_TIME_LIMIT_SECONDS": "5",
-        "DELIVERY_CLAIM_LEASE_SECONDS": "6",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = worker_environment(
+        settings,
+        tmp_path,
+        DELIVERY_TASK_TIME_LIMIT_SECONDS="5",
+        DELIVERY_CLAIM_LEASE_SECONDS="6",
+    )
     command = [
         sys.executable,
         "-m",
@@ -104,13 +91,13 @@ def test_kill_9_worker_with_work_in_flight_loses_nothing(
     fake = providers["twilio"]
     fake.set_behaviour("twilio", delay_ms=50)
     total = 1500
-    ids = _queue_sms(user, total)
+    ids = queue_sms(user, total)
     first = _worker_process(settings, tmp_path)
     try:
-        wait_for(lambda: _statuses(ids)[Status.SENT] >= 300, timeout=120)
+        wait_for(lambda: statuses(ids)[Status.SENT] >= 300, timeout=120)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        in_flight = _statuses(ids)[Status.PROCESSING]
+        in_flight = statuses(ids)[Status.PROCESSING]
     finally:
         if first.poll() is None:
             first.kill()
@@ -136,16 +123,16 @@ def test_worker_resumes_at_once_after_rabbitmq_restarts_mid_backlog(
     fake = providers["twilio"]
     fake.set_behaviour("twilio", delay_ms=50)
     total = 600
-    ids = _queue_sms(user, total)
+    ids = queue_sms(user, total)
     worker = _worker_process(settings, tmp_path)
     try:
-        wait_for(lambda: _statuses(ids)[Status.SENT] >= 100, timeout=120)
+        wait_for(lambda: statuses(ids)[Status.SENT] >= 100, timeout=120)
         rabbitmq_control.stop()
         try:
             time.sleep(3)  # the broker stays away for a moment, tasks in flight
         finally:
             rabbitmq_control.start()
-        sent_at_restart = _statuses(ids)[Status.SENT]
+        sent_at_restart = statuses(ids)[Status.SENT]
         # The rest takes a few seconds at this worker's rate; a stalled worker
         # (threads hung on a prefetch update) sat idle for minutes.
         _sweep_until_sent(ids, timeout=60)
@@ -159,14 +146,14 @@ def test_worker_resumes_at_once_after_rabbitmq_restarts_mid_backlog(
 def test_twilio_5xx_window_is_covered_by_vonage(user: User, providers: Any) -> None:
     purge_queues()
     twilio, vonage = providers["twilio"], providers["vonage"]
-    ids = _queue_sms(user, 60)
+    ids = queue_sms(user, 60)
     with running_worker():
-        wait_for(lambda: _statuses(ids)[Status.SENT] >= 15)
+        wait_for(lambda: statuses(ids)[Status.SENT] >= 15)
         twilio.set_behaviour("twilio", mode="error", status=503)
-        more = _queue_sms(user, 60)
-        wait_for(lambda: _statuses(more)[Status.SENT] == 60, timeout=60)
+        more = queue_sms(user, 60)
+        wait_for(lambda: statuses(more)[Status.SENT] == 60, timeout=60)
         twilio.set_behaviour("twilio", mode="ok")
-        wait_for(lambda: _statuses(ids)[Status.SENT] == 60, timeout=60)
+        wait_for(lambda: statuses(ids)[Status.SENT] == 60, timeout=60)
     # Every one of the 60 sent during the outage went through Vonage, in its first round.
     during = Notification.objects.filter(id__in=more)
     assert set(during.values_list("provider", flat=True)) == {"vonage"}
@@ -183,19 +170,17 @@ def test_both_providers_down_then_back_loses_nothing(
     twilio, vonage = providers["twilio"], providers["vonage"]
     twilio.set_behaviour("twilio", mode="error")
     vonage.set_behaviour("vonage", mode="error")
-    ids = _queue_sms(user, 40)
+    ids = queue_sms(user, 40)
     with running_worker():
-        wait_for(lambda: _statuses(ids)[Status.DEAD] >= 10, timeout=60)
+        wait_for(lambda: statuses(ids)[Status.DEAD] >= 10, timeout=60)
         twilio.set_behaviour("twilio", mode="ok")
         vonage.set_behaviour("vonage", mode="ok")
-        wait_for(
-            lambda: _statuses(ids)[Status.SENT] + _statuses(ids)[Status.DEAD] == 40, timeout=60
-        )
+        wait_for(lambda: statuses(ids)[Status.SENT] + statuses(ids)[Status.DEAD] == 40, timeout=60)
         dead = list(
             Notification.objects.filter(id__in=ids, status=Status.DEAD).values_list("id", flat=True)
         )
         notification_replay(notification_ids=dead, rate_per_second=100)
-        wait_for(lambda: _statuses(ids)[Status.SENT] == 40, timeout=60)
+        wait_for(lambda: statuses(ids)[Status.SENT] == 40, timeout=60)
     sent_bodies = Counter(m.body for m in twilio.messages("twilio") + vonage.messages("vonage"))
     assert len(sent_bodies) == 40
     assert max(sent_bodies.values()) == 1  # nobody got it twice
@@ -289,7 +274,7 @@ def test_postgresql_restart_mid_run_api_and_worker_recover(
             # still reconnecting fails, and the next tick tries again.
             try:
                 notification_sweep()
-                return _statuses(accepted)[Status.SENT] == len(accepted)
+                return statuses(accepted)[Status.SENT] == len(accepted)
             except OperationalError:
                 connection.close()
                 return False

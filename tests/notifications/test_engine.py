@@ -4,7 +4,6 @@ prefetch window, malformed messages, and pools the engine does not drive."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -20,33 +19,20 @@ from accounts.models import User
 from flashsend.celery import app
 from notifications import lifecycle
 from notifications.models import Notification, Status
-from notifications.publishing import publish_many
 from tests.pipeline import (
     dead_letters,
     purge_queues,
     queue_depth,
+    queue_sms,
     running_worker,
-    subprocess_database_url,
+    statuses,
     wait_for,
+    worker_environment,
 )
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _queue_sms(owner: User, count: int, *, publish: bool = True) -> list[int]:
-    rows = Notification.objects.bulk_create(
-        Notification(owner=owner, channel="sms", recipient="+14155552671", body=f"n{i}")
-        for i in range(count)
-    )
-    if publish:
-        publish_many((row.pk, row.queue_name) for row in rows)
-    return [row.pk for row in rows]
-
-
-def _statuses(ids: list[int]) -> Counter[str]:
-    return Counter(Notification.objects.filter(id__in=ids).values_list("status", flat=True))
 
 
 def test_a_backlog_is_claimed_and_recorded_in_groups(user: User, providers: Any) -> None:
@@ -55,9 +41,9 @@ def test_a_backlog_is_claimed_and_recorded_in_groups(user: User, providers: Any)
     fewer statements than deliveries."""
     purge_queues()
     providers["twilio"].set_behaviour("twilio", delay_ms=20)
-    ids = _queue_sms(user, 200)
+    ids = queue_sms(user, 200)
     with running_worker(concurrency=4):
-        wait_for(lambda: _statuses(ids)[Status.SENT] == 200, timeout=60)
+        wait_for(lambda: statuses(ids)[Status.SENT] == 200, timeout=60)
     rows = Notification.objects.filter(id__in=ids)
     claims = Counter(rows.values_list("claimed_at", flat=True))
     verdicts = Counter(rows.values_list("updated_at", flat=True))
@@ -78,9 +64,9 @@ def test_one_dead_notification_of_a_group_is_dead_lettered_alone(
     # Vonage refuses its first request only: one notification dies, the rest are
     # sent by Vonage, all claimed and recorded together.
     providers["vonage"].set_behaviour("vonage", fail_next=1)
-    ids = _queue_sms(user, 6)
+    ids = queue_sms(user, 6)
     with running_worker(concurrency=4):
-        wait_for(lambda: _statuses(ids)[Status.SENT] == 5 and _statuses(ids)[Status.DEAD] == 1)
+        wait_for(lambda: statuses(ids)[Status.SENT] == 5 and statuses(ids)[Status.DEAD] == 1)
         letters = wait_for(dead_letters)
     dead = Notification.objects.get(id__in=ids, status=Status.DEAD)
     assert len(letters) == 1
@@ -97,15 +83,15 @@ def test_waiting_retries_do_not_hold_the_prefetch_window(
     purge_queues()
     providers["twilio"].set_behaviour("twilio", mode="error")
     providers["vonage"].set_behaviour("vonage", fail_next=6)
-    first = _queue_sms(user, 6)
+    first = queue_sms(user, 6)
     with running_worker(concurrency=1):
-        wait_for(lambda: _statuses(first)[Status.RETRYING] == 6)
+        wait_for(lambda: statuses(first)[Status.RETRYING] == 6)
         retrying_since = time.monotonic()
-        later = _queue_sms(user, 10)
-        wait_for(lambda: _statuses(later)[Status.SENT] == 10, timeout=30)
+        later = queue_sms(user, 10)
+        wait_for(lambda: statuses(later)[Status.SENT] == 10, timeout=30)
         waited = time.monotonic() - retrying_since
-        still_retrying = _statuses(first)[Status.RETRYING]
-        wait_for(lambda: _statuses(first)[Status.SENT] == 6, timeout=30)
+        still_retrying = statuses(first)[Status.RETRYING]
+        wait_for(lambda: statuses(first)[Status.SENT] == 6, timeout=30)
     assert waited < 2.5, waited  # before the earliest retry was due
     assert still_retrying == 6
     assert set(
@@ -130,7 +116,7 @@ def test_malformed_delivery_message_is_dead_lettered(providers: Any, transaction
 
 
 def test_unclaim_hands_a_claimed_row_back_uncounted(user: User) -> None:
-    [row_id] = _queue_sms(user, 1, publish=False)
+    [row_id] = queue_sms(user, 1, publish=False)
     Notification.objects.filter(id=row_id).update(published_at=timezone.now())
     assert lifecycle.claim(row_id, lease=timedelta(minutes=5)) is not None
     assert lifecycle.unclaim([row_id]) == 1
@@ -150,23 +136,13 @@ def test_prefork_worker_runs_the_task_per_message(
     """The engine drives thread and solo pools; a prefork worker delivers through the
     task's own body, one message at a time."""
     purge_queues()
-    ids = _queue_sms(user, 3)
-    env = {
-        **os.environ,
-        "DATABASE_URL": subprocess_database_url(),
-        "FLASHSEND_VAR_DIR": str(tmp_path),
-        "SMS_PROVIDERS": "twilio",
-        "TWILIO_BASE_URL": settings.TWILIO_BASE_URL,
-        "TWILIO_ACCOUNT_SID": settings.TWILIO_ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": settings.TWILIO_AUTH_TOKEN,
-        "TWILIO_PHONE_NUMBER": settings.TWILIO_PHONE_NUMBER,
-        "LOG_LEVEL": "WARNING",
-    }
+    ids = queue_sms(user, 3)
+    env = worker_environment(settings, tmp_path)
     command = [sys.executable, "-m", "celery", "-A", "flashsend", "worker", "--pool", "prefork"]
     command += ["--concurrency", "1", "-Q", "sms.medium", "--loglevel", "WARNING"]
     worker = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 - the project's own worker
     try:
-        wait_for(lambda: _statuses(ids)[Status.SENT] == 3, timeout=60)
+        wait_for(lambda: statuses(ids)[Status.SENT] == 3, timeout=60)
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -183,13 +159,13 @@ def test_a_stopping_worker_records_and_acknowledges_what_it_has_in_hand(
     backlog waits in the queue for the next worker."""
     purge_queues()
     providers["twilio"].set_behaviour("twilio", delay_ms=200)
-    ids = _queue_sms(user, 40)
+    ids = queue_sms(user, 40)
     with running_worker(concurrency=4):
-        wait_for(lambda: _statuses(ids)[Status.SENT] >= 4)
-    statuses = _statuses(ids)
-    sent = statuses[Status.SENT]
-    assert statuses[Status.PROCESSING] == 0, statuses
-    assert statuses[Status.QUEUED] == 40 - sent
+        wait_for(lambda: statuses(ids)[Status.SENT] >= 4)
+    final = statuses(ids)
+    sent = final[Status.SENT]
+    assert final[Status.PROCESSING] == 0, final
+    assert final[Status.QUEUED] == 40 - sent
     # An acknowledgement lost at shutdown would bring a sent row's message back.
     wait_for(lambda: queue_depth("sms.medium") == 40 - sent)
     assert len(providers["twilio"].messages("twilio")) == sent
@@ -198,7 +174,7 @@ def test_a_stopping_worker_records_and_acknowledges_what_it_has_in_hand(
 def test_an_early_copy_of_a_retry_is_refused(user: User) -> None:
     """A retrying row is claimed when its next attempt is due, not before: a copy of
     its message redelivered early is acknowledged without a send."""
-    [row_id] = _queue_sms(user, 1, publish=False)
+    [row_id] = queue_sms(user, 1, publish=False)
     lease = timedelta(minutes=5)
     Notification.objects.filter(id=row_id).update(
         status=Status.RETRYING, next_attempt_at=timezone.now() + timedelta(seconds=30)
