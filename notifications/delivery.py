@@ -170,7 +170,7 @@ def _attempt_row(notification: Notification, record: AttemptRecord) -> DeliveryA
 
 def _conclude(
     notification: Notification, outcome: ChainOutcome
-) -> tuple[lifecycle.Verdict, DeliveryResult]:
+) -> tuple[lifecycle.RowVerdict, DeliveryResult]:
     # One INSERT for the whole round's attempts, however many providers it tried,
     # written with the verdict.
     attempts = [_attempt_row(notification, record) for record in outcome.attempts]
@@ -188,7 +188,7 @@ def _conclude(
         dead = lifecycle.ended(notification.pk, Status.DEAD, error, last_provider, attempts)
         return dead, DeliveryResult(Verdict.DEAD, error=error)
     delay = backoff_seconds(notification.attempt_count)
-    retrying = lifecycle.Verdict(
+    retrying = lifecycle.RowVerdict(
         notification.pk,
         Status.RETRYING,
         last_error=error,

@@ -85,7 +85,7 @@ def claim_many(notification_ids: Sequence[int], *, lease: timedelta) -> list[Not
 
 
 @dataclass(frozen=True)
-class Verdict:
+class RowVerdict:
     """How one claimed row leaves processing. None in a field means: left as it is."""
 
     notification_id: int
@@ -114,9 +114,9 @@ def sent(
     provider: str,
     provider_message_id: str,
     attempts: Sequence[DeliveryAttempt] = (),
-) -> Verdict:
+) -> RowVerdict:
     now = _now()
-    return Verdict(
+    return RowVerdict(
         notification_id,
         Status.SENT,
         last_error="",
@@ -136,7 +136,7 @@ def mark_retrying(
     attempts: Sequence[DeliveryAttempt] = (),
 ) -> bool:
     return _one(
-        Verdict(
+        RowVerdict(
             notification_id,
             Status.RETRYING,
             last_error=error,
@@ -174,9 +174,9 @@ def ended(
     error: str,
     provider: str,
     attempts: Sequence[DeliveryAttempt] = (),
-) -> Verdict:
+) -> RowVerdict:
     """processing -> failed or dead."""
-    return Verdict(
+    return RowVerdict(
         notification_id,
         status,
         last_error=error,
@@ -186,11 +186,11 @@ def ended(
     )
 
 
-def _one(verdict: Verdict) -> bool:
+def _one(verdict: RowVerdict) -> bool:
     return verdict.notification_id in leave_processing([verdict])
 
 
-def leave_processing(verdicts: Sequence[Verdict]) -> set[int]:
+def leave_processing(verdicts: Sequence[RowVerdict]) -> set[int]:
     """Write verdicts and the attempts that led to them, together or not at all.
 
     Returns the ids whose row was still processing (ours); the others were taken
@@ -220,7 +220,7 @@ def leave_processing(verdicts: Sequence[Verdict]) -> set[int]:
 
 
 def _leave_processing_each(
-    verdicts: Sequence[Verdict], attempts: list[DeliveryAttempt]
+    verdicts: Sequence[RowVerdict], attempts: list[DeliveryAttempt]
 ) -> set[int]:
     won: set[int] = set()
     with transaction.atomic():
@@ -240,7 +240,7 @@ def _leave_processing_each(
     return won
 
 
-# Verdict fields and their column types; the ones in _ALWAYS_SET are written even
+# The verdict fields and their column types; the ones in _ALWAYS_SET are written even
 # when None (the claim cleared next_attempt_at; a verdict sets it or leaves it empty).
 _VERDICT_FIELDS = {
     "last_error": "text",
@@ -253,7 +253,7 @@ _VERDICT_FIELDS = {
 _ALWAYS_SET = frozenset({"last_error", "next_attempt_at"})
 
 
-def _verdicts_update_sql(verdicts: Sequence[Verdict]) -> tuple[str, tuple[Any, ...]]:
+def _verdicts_update_sql(verdicts: Sequence[RowVerdict]) -> tuple[str, tuple[Any, ...]]:
     table = connection.ops.quote_name(Notification._meta.db_table)
     assignments = ", ".join(
         f"{name} = v.{name}" if name in _ALWAYS_SET else f"{name} = COALESCE(v.{name}, n.{name})"

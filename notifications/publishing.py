@@ -118,7 +118,6 @@ class _DeliveryMessage:
 
         from notifications.tasks import deliver_notification as task
 
-        self.task_name = task.name
         self.static_headers: dict[str, Any] = {
             "lang": "py",
             "task": task.name,
