@@ -23,7 +23,7 @@ from django.utils import timezone
 from notifications import lifecycle
 from notifications.models import AttemptOutcome, DeliveryAttempt, Notification, Status
 from notifications.providers import registry
-from notifications.providers.base import OutboundMessage
+from notifications.providers.base import OutboundMessage, ProviderError
 from notifications.providers.chain import AttemptRecord, ChainOutcome, send_with_failover
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,16 @@ def claim(notification_ids: Sequence[int]) -> list[Notification]:
 
 def send(notification: Notification) -> ChainOutcome:
     """One round through the channel's providers. Never raises: a provider's
-    failure, expected or not, is an attempt in the outcome."""
-    return send_with_failover(registry.chain_for(notification.channel), _message(notification))
+    failure, expected or not, is an attempt in the outcome, and so is a failure to
+    build the chain or the message (a bug: the round is retried, not lost)."""
+    try:
+        chain = registry.chain_for(notification.channel)
+        message = _message(notification)
+    except Exception as exc:
+        logger.exception("preparing notification %s for its providers failed", notification.pk)
+        error = ProviderError(f"{type(exc).__name__}: {exc}", code="unexpected")
+        return ChainOutcome([AttemptRecord("", timezone.now(), 0, error=error)])
+    return send_with_failover(chain, message)
 
 
 # Waits before each new try at recording a verdict: about a minute, enough for a
@@ -188,13 +196,8 @@ def _conclude(
         dead = lifecycle.ended(notification.pk, Status.DEAD, error, last_provider, attempts)
         return dead, DeliveryResult(Verdict.DEAD, error=error)
     delay = backoff_seconds(notification.attempt_count)
-    retrying = lifecycle.RowVerdict(
-        notification.pk,
-        Status.RETRYING,
-        last_error=error,
-        next_attempt_at=timezone.now() + timedelta(seconds=delay),
-        attempts=attempts,
-    )
+    next_attempt_at = timezone.now() + timedelta(seconds=delay)
+    retrying = lifecycle.retrying(notification.pk, error, next_attempt_at, attempts)
     return retrying, DeliveryResult(Verdict.RETRY, retry_in=delay, error=error)
 
 

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -46,8 +46,8 @@ from kombu.asynchronous.timer import to_timestamp
 from notifications import delivery, lifecycle
 from notifications.delivery import DeliveryResult, Verdict
 from notifications.models import Notification
-from notifications.providers.base import ProviderError
-from notifications.providers.chain import AttemptRecord, ChainOutcome
+from notifications.providers.chain import ChainOutcome
+from notifications.publishing import publish_retry
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ DRAIN_SECONDS = 60.0
 GATHER_SECONDS = 0.002
 # The most verdicts one statement records.
 MAX_GROUP = 500
-# Waits between tries at claiming while the database is away (then the last one).
+# Waits between tries at claiming while the database is away (then the last one, again).
 CLAIM_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # While the database stays away the recorder keeps trying, this often (well inside
 # the sweeper's interval, so a lease that ran out meanwhile is rarely lost to it).
@@ -202,8 +202,9 @@ class DeliveryEngine:
                 self._claim_and_start(taken)
                 failures = 0
             except Exception:
-                # Nothing was claimed: the messages go back, unacknowledged, to the
-                # front of the line, and claiming pauses a little longer each time.
+                # Nothing was claimed (the database away, mostly): the messages go back,
+                # unacknowledged, to the front of the line, and claiming pauses a
+                # little longer each time.
                 failures += 1
                 delay = CLAIM_RETRY_DELAYS[min(failures, len(CLAIM_RETRY_DELAYS)) - 1]
                 logger.exception(
@@ -224,7 +225,7 @@ class DeliveryEngine:
         live = [held for held in taken if _channel_open(held)]
         # Held messages of a connection that has closed come back by redelivery.
         self._release(len(taken) - len(live))
-        claimed = {row.pk: row for row in _claim_waiting_for_database(live)}
+        claimed = {row.pk: row for row in delivery.claim([h.notification_id for h in live])}
         for held in live:
             row = claimed.pop(held.notification_id, None)
             if row is None:
@@ -254,12 +255,7 @@ class DeliveryEngine:
     def _send(self, held: Held, row: Notification) -> None:
         with self._lock:
             self._not_started.discard(row.pk)
-        try:
-            outcome = delivery.send(row)
-        except Exception as exc:  # a bug in building the chain: retried, not lost
-            logger.exception("sending notification %s raised", row.pk)
-            outcome = _unexpected(exc)
-        self._finished.put((held, row, outcome))
+        self._finished.put((held, row, delivery.send(row)))
 
     # --- the recorder ----------------------------------------------------------------
 
@@ -319,7 +315,8 @@ class DeliveryEngine:
         deliveries = [(row, outcome) for _, row, outcome in group]
         while True:
             try:
-                return delivery.record_verdicts(deliveries)
+                # The engine's own loop does the waiting, however long it takes.
+                return delivery.record_verdicts(deliveries, delays=())
             except (OperationalError, InterfaceError) as exc:
                 # Giving up would send these again after the lease: keep waiting.
                 logger.error("database away: %d verdicts wait (%s)", len(group), exc)
@@ -337,9 +334,8 @@ class DeliveryEngine:
         by redelivery.
         """
         deadline = time.monotonic() + timeout
+        self._on_shutting_down()
         with self._lock:
-            self._stopping = True
-            self._lock.notify_all()
             while self._claimed > 0 and time.monotonic() < deadline:
                 self._lock.wait(timeout=0.1)
             left = self._claimed
@@ -400,24 +396,6 @@ def _channel_open(held: Held) -> bool:
     return channel is None or getattr(channel, "is_open", True) is not False
 
 
-def _claim_waiting_for_database(held: list[Held]) -> list[Notification]:
-    ids = [h.notification_id for h in held]
-    if not ids:
-        return []
-    for delay in (*CLAIM_RETRY_DELAYS, None):
-        try:
-            return delivery.claim(ids)
-        except (OperationalError, InterfaceError) as exc:
-            if delay is None:
-                raise
-            logger.warning(
-                "claiming %d notifications failed (%s); again in %s s", len(ids), exc, delay
-            )
-            connection.close()
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
 def _ignore(result: object) -> None:
     """The pool's callback: the send reports through the engine's queue instead."""
 
@@ -428,17 +406,10 @@ def _settle(held: Held, row: Notification, result: DeliveryResult) -> None:
         held.dead_letter()
         return
     if result.verdict is Verdict.RETRY:
-        from notifications.publishing import publish_retry
-
         # If this publish fails the row waits in retrying, and the sweeper publishes
         # it once it is overdue: acknowledged either way, never sent twice.
         publish_retry(row.pk, row.queue_name, countdown=result.retry_in or 0.0)
     held.acknowledge()
-
-
-def _unexpected(exc: Exception) -> ChainOutcome:
-    error = ProviderError(f"{type(exc).__name__}: {exc}", code="unexpected")
-    return ChainOutcome([AttemptRecord("", datetime.now(UTC), 0, error=error)])
 
 
 def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:

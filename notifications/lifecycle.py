@@ -135,14 +135,21 @@ def mark_retrying(
     next_attempt_at: datetime,
     attempts: Sequence[DeliveryAttempt] = (),
 ) -> bool:
-    return _one(
-        RowVerdict(
-            notification_id,
-            Status.RETRYING,
-            last_error=error,
-            next_attempt_at=next_attempt_at,
-            attempts=attempts,
-        )
+    return _one(retrying(notification_id, error, next_attempt_at, attempts))
+
+
+def retrying(
+    notification_id: int,
+    error: str,
+    next_attempt_at: datetime,
+    attempts: Sequence[DeliveryAttempt] = (),
+) -> RowVerdict:
+    return RowVerdict(
+        notification_id,
+        Status.RETRYING,
+        last_error=error,
+        next_attempt_at=next_attempt_at,
+        attempts=attempts,
     )
 
 
