@@ -130,7 +130,8 @@ def env_secret(name: str, *, generated_file: Path, min_length: int = 32) -> str:
 
 def _generated_secret(path: Path) -> str:
     if path.exists():
-        return path.read_text().strip()
+        # It may exist and still be empty: another process created it an instant ago.
+        return _read_when_written(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     candidate = secrets.token_urlsafe(48)
     # O_EXCL: when web, worker and beat start together only one of them writes the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,19 @@ def test_env_secret_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("FS_TEST_SECRET", "short")
     with pytest.raises(env.ConfigError, match="at least 32"):
         env.env_secret("FS_TEST_SECRET", generated_file=generated)
+
+
+def test_a_secret_file_being_written_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    """Web, worker and beat start together: a process that finds the file created but
+    not yet written reads the secret once it is there, not the empty file."""
+    generated = tmp_path / "secret"
+    generated.touch()  # the winner has created it and not written yet
+    writer = threading.Timer(0.2, generated.write_text, args=("w" * 48,))
+    writer.start()
+    try:
+        assert env.env_secret("FS_TEST_SECRET", generated_file=generated) == "w" * 48
+    finally:
+        writer.join()
 
 
 def _clean_env(var_dir: Path, **extra: str) -> dict[str, str]:
