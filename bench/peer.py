@@ -44,9 +44,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bench.pipeline import DATABASE_URL, PG_ADMIN, RESULTS, ROOT, _environment, _rate, _stop
+from bench.sink import SINK_KINDS
 
 if TYPE_CHECKING:
-    from flashsend.fakes import FakeSmtpServer
+    from bench.sink import Sink
 
 PO_VERSION = "3.12.0"
 PO_REQUIREMENTS = (f"django-post_office=={PO_VERSION}", "nh3==0.3.7")  # nh3: its sanitizer
@@ -88,13 +89,11 @@ def main() -> None:
     args = _arguments()
     _install_post_office()
     _prepare_services()
-    from flashsend.fakes import FakeSmtpServer
+    from bench.sink import open_sink
 
     runs: list[Run] = []
     tuned: dict[int, tuple[int, int, int]] = {}
-    if not args.parse:
-        _skip_parsing()
-    with FakeSmtpServer() as sink:
+    with open_sink(args.sink, pipelining=not args.no_pipelining, parse=args.parse) as sink:
         env = _environment("http://127.0.0.1:9")  # SMS is not used here
         env.update(CELERY_BROKER_URL=PEER_BROKER_URL, SMS_PROVIDERS="twilio", **sink_settings(sink))
         os.environ.update(env)
@@ -116,7 +115,7 @@ def main() -> None:
 
 
 def _round(
-    sink: FakeSmtpServer,
+    sink: Sink,
     delay_ms: int,
     n: int,
     env: dict[str, str],
@@ -184,9 +183,21 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--no-raw", action="store_true", help="skip the bare Celery task")
     parser.add_argument(
+        "--sink",
+        choices=SINK_KINDS,
+        default="aiosmtpd",
+        help="aiosmtpd: flashsend.fakes' relay, 0.6-0.8 ms of CPU per message (post_office's "
+        "figures against it match the issue's); lean: bench/sink.py, about 0.25 ms",
+    )
+    parser.add_argument(
+        "--no-pipelining",
+        action="store_true",
+        help="the sink does not advertise PIPELINING (RFC 2920), which real relays do",
+    )
+    parser.add_argument(
         "--parse",
         action="store_true",
-        help="let the sink parse each message (about 1 ms of CPU each, in this process)",
+        help="the aiosmtpd sink parses each message (about 1 ms of CPU each, in this process)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
     return parser.parse_args()
@@ -216,7 +227,7 @@ def _install_post_office() -> None:
     )
 
 
-def sink_settings(sink: FakeSmtpServer) -> dict[str, str]:
+def sink_settings(sink: Sink) -> dict[str, str]:
     """FlashSend's email settings for sending to the benchmark's SMTP sink."""
     return {
         "EMAIL_PROVIDERS": "smtp",
@@ -226,27 +237,6 @@ def sink_settings(sink: FakeSmtpServer) -> dict[str, str]:
         "SMTP_EMAIL": "",
         "SMTP_FROM": "FlashSend <noreply@localhost>",
     }
-
-
-def _skip_parsing() -> None:
-    """Make the sink record arrivals without parsing each message.
-
-    FakeSmtpServer parses every message it accepts (subject, body, Message-ID), about
-    1 ms of CPU each, in this process: on a 2-core machine that is a third consumer
-    beside the sender and the database, and it caps every system near the same rate.
-    The benchmark only needs the arrival times, so by default it swaps the parser for
-    one that reads nothing, in this process only (``--parse`` keeps it).
-    """
-    from flashsend.fakes import smtp
-
-    if not hasattr(smtp, "_parse_message"):
-        print("the sink's parser was not found; messages are parsed", flush=True)
-        return
-
-    def no_parse(raw: bytes) -> tuple[str, str, str]:
-        return "", "", ""
-
-    smtp._parse_message = no_parse
 
 
 def _prepare_services() -> None:
@@ -290,7 +280,7 @@ def _django_setup() -> None:
 # --- post_office ----------------------------------------------------------------------
 
 
-def _peer_env(sink: FakeSmtpServer, setting: tuple[int, int, int] | None) -> dict[str, str]:
+def _peer_env(sink: Sink, setting: tuple[int, int, int] | None) -> dict[str, str]:
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("PEER_", "DJANGO_"))
     }
@@ -306,7 +296,7 @@ def _peer_env(sink: FakeSmtpServer, setting: tuple[int, int, int] | None) -> dic
     return env
 
 
-def _peer_helper(action: str, sink: FakeSmtpServer, n: int = 0) -> str:
+def _peer_helper(action: str, sink: Sink, n: int = 0) -> str:
     result = subprocess.run(  # noqa: S603 - fixed arguments
         [PYTHON, "-m", "bench.peer_queue", action, "--n", str(n)],
         cwd=ROOT,
@@ -320,7 +310,7 @@ def _peer_helper(action: str, sink: FakeSmtpServer, n: int = 0) -> str:
 
 
 def _post_office_run(
-    sink: FakeSmtpServer,
+    sink: Sink,
     delay_ms: int,
     n: int,
     setting: tuple[int, int, int] | None,
@@ -373,7 +363,7 @@ def _post_office_run(
     return _measured(delay_ms, system, n, (seconds, rate, wall, cpu), settings)
 
 
-def _sweep(sink: FakeSmtpServer, delay_ms: int, n: int, runs: list[Run]) -> tuple[int, int, int]:
+def _sweep(sink: Sink, delay_ms: int, n: int, runs: list[Run]) -> tuple[int, int, int]:
     """Try each post_office setting once against this sink; the fastest at the sink wins."""
     best: tuple[float, tuple[int, int, int]] | None = None
     for setting in SWEEPS[0 if delay_ms == 0 else 50]:
@@ -408,7 +398,7 @@ def email_rows(n: int) -> list[Any]:
 
 
 def _flashsend_run(
-    sink: FakeSmtpServer,
+    sink: Sink,
     delay_ms: int,
     n: int,
     env: dict[str, str],
@@ -429,9 +419,7 @@ def _flashsend_run(
     return _measured(delay_ms, "flashsend", n, (seconds, rate, wall, cpu), settings)
 
 
-def _raw_run(
-    sink: FakeSmtpServer, delay_ms: int, n: int, env: dict[str, str], timeout: float
-) -> Run:
+def _raw_run(sink: Sink, delay_ms: int, n: int, env: dict[str, str], timeout: float) -> Run:
     from bench.peer_rawsmtp import QUEUE, app, raw_send
 
     with app.connection_for_write() as conn:
@@ -451,7 +439,7 @@ def _drain(
     command: list[str],
     env: dict[str, str],
     spec: tuple[int, int],
-    sink: FakeSmtpServer,
+    sink: Sink,
     delay_ms: int,
     n: int,
     timeout: float,

@@ -37,11 +37,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    from bench.peer import _skip_parsing, sink_settings
-    from flashsend.fakes import FakeSmtpServer
+    from bench.peer import sink_settings
+    from bench.sink import open_sink
 
-    _skip_parsing()  # as in bench/peer.py: the sink only records arrivals
-    with FakeSmtpServer() as sink:
+    with open_sink("aiosmtpd") as sink:  # as in bench/peer.py
         os.environ.update(DATABASE_URL=DATABASE_URL, LOG_LEVEL="WARNING", **sink_settings(sink))
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flashsend.settings")
         sys.path.insert(0, str(ROOT))

@@ -60,18 +60,47 @@ def main() -> None:
         action="store_true",
         help="with --only: keep the other parts' rows from the mode's latest summary",
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: rewrite docs/benchmarks.md from the mode's latest summary, "
+        "reading each part's results again",
+    )
     args = parser.parse_args()
+    if args.render:
+        _render(args.mode)
+        return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     plan = [p for p in PLANS[args.mode] if not args.only or p.split()[0] in args.only]
     parts = [_run(command.split()) for command in plan]
     if args.update:
         parts = _merged(args.mode, parts)
-    summary = {"mode": args.mode, "started": started, "machine": _machine(), "parts": parts}
+    arguments = " ".join(sys.argv[1:]) or "--mode quick"
+    summary = {
+        "mode": args.mode,
+        "started": started,
+        "machine": _machine(),
+        "arguments": arguments,
+        "parts": parts,
+    }
     path = ROOT / "bench" / "results" / f"summary-{args.mode}-{int(time.time())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))
-    _write_doc(summary, " ".join(sys.argv[1:]) or "--mode quick")
+    _write_doc(summary, arguments)
     print(f"summary: {path.relative_to(ROOT)}; docs/benchmarks.md updated")
+
+
+def _render(mode: str) -> None:
+    summaries = sorted((ROOT / "bench" / "results").glob(f"summary-{mode}-*.json"))
+    if not summaries:
+        raise SystemExit(f"no {mode} summary in bench/results")
+    summary = json.loads(summaries[-1].read_text())
+    for part in summary["parts"]:
+        if "results" in part:
+            data = json.loads((ROOT / part["results"]).read_text())
+            part["rows"] = DIGESTS[part["command"].split()[2]](data)
+    _write_doc(summary, summary.get("arguments", f"--mode {mode}"))
+    print(f"docs/benchmarks.md rewritten from {summaries[-1].relative_to(ROOT)}")
 
 
 def _merged(mode: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,7 +200,12 @@ def _ingest(data: dict[str, Any]) -> list[Row]:
             "met": _met(_median(ratios) >= 0.50),
         }
     ]
-    for key, label in (("fixed_rate_goal", "the goal's rate"), ("fixed_rate", "80 % of its own")):
+    # The goal's rate is 80 % of half the baseline's; 80 % of FlashSend's own saturation
+    # is a harder load, shown beside it without a goal.
+    for key, label, goal in (
+        ("fixed_rate_goal", "the goal's rate", True),
+        ("fixed_rate", "80 % of its own saturation", False),
+    ):
         phases = [r[key] for r in runs if key in r]
         if not phases:
             continue
@@ -183,8 +217,8 @@ def _ingest(data: dict[str, Any]) -> list[Row]:
                 f"{_spread(p99, 1)} at {_spread([p['rate'] for p in phases])}/s",
                 "baseline": _fixed_baseline(phases),
                 "ratio": "",
-                "goal": "p99 < 50 ms",
-                "met": _met(_median(p99) < 50),
+                "goal": "p99 < 50 ms" if goal else "(beyond the goal's load)",
+                "met": _met(_median(p99) < 50) if goal else "",
             }
         )
     return rows

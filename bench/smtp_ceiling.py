@@ -50,12 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--sink", choices=("lean", "aiosmtpd"), default="aiosmtpd")
     args = parser.parse_args()
-    from bench.peer import _skip_parsing
-    from flashsend.fakes import FakeSmtpServer
+    from bench.sink import open_sink
 
-    _skip_parsing()
-    with FakeSmtpServer() as sink:
+    with open_sink(args.sink) as sink:
         for threads in args.threads:
             sink.reset()
             sink_cpu = time.process_time()

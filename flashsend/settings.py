@@ -431,5 +431,11 @@ LOGGING: dict[str, Any] = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # The Twilio SDK logs every request and response at INFO, eight lines each
+        # (URL, headers, status): noise per SMS at the default level, and CPU the
+        # sending threads share. Its warnings and errors still come through.
+        "twilio.http_client": {"level": "WARNING"},
+    },
 }

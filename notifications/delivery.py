@@ -164,7 +164,7 @@ def _attempt_row(notification: Notification, record: AttemptRecord) -> DeliveryA
         code = (error.code if error else "")[:64]
         message = (error.message if error else "")[:2000]
     return DeliveryAttempt(
-        notification=notification,
+        notification_id=notification.pk,  # the id, not the row: cheaper, the same column
         round=notification.attempt_count,
         provider=record.provider,
         outcome=outcome,

@@ -1,5 +1,8 @@
 """A loopback SMTP relay for tests, demos and benchmarks, built on aiosmtpd.
 
+It advertises PIPELINING (RFC 2920), as Postfix and the hosted relays do, and answers
+pipelined commands in order; ``pipelining=False`` makes a relay without it.
+
 Django's SMTP backend talks to it unchanged::
 
     EmailBackend(host=server.host, port=server.port, timeout=2,
@@ -154,8 +157,9 @@ def _parse_message(raw: bytes) -> tuple[str, str, str]:
 class _State:
     """Behaviour, records and the connection count, shared by the loop thread and callers."""
 
-    def __init__(self, max_records: int, credentials: _Credentials) -> None:
+    def __init__(self, max_records: int, credentials: _Credentials, pipelining: bool) -> None:
         self._lock = threading.Lock()
+        self.pipelining = pipelining
         self._messages: deque[SmtpMessage] = deque(maxlen=max_records)
         self._auth_attempts: deque[SmtpAuthAttempt] = deque(maxlen=max_records)
         self.credentials = credentials
@@ -238,6 +242,20 @@ class _Handler:
 
     def __init__(self, state: _State) -> None:
         self._state = state
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply, with PIPELINING added when offered (before the last line)."""
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        if self._state.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
@@ -359,7 +377,8 @@ class FakeSmtpServer(StartStop):
     (``smtplib.SMTPSenderRefused``); ``fail_next=N``: the next N messages get the 451;
     ``delay_ms`` before each DATA answer.
 
-    AUTH (PLAIN, LOGIN) is offered without TLS. ``username``/``password``: given ones
+    PIPELINING is offered unless ``pipelining=False``. AUTH (PLAIN, LOGIN) is offered
+    without TLS. ``username``/``password``: given ones
     are enforced (``535 5.7.8`` otherwise), and either makes AUTH required before MAIL
     (``530 5.7.0``). Without them any login is accepted and none is needed. Each AUTH
     is recorded (``auth_attempts``), and each message with the login that sent it.
@@ -372,9 +391,10 @@ class FakeSmtpServer(StartStop):
         max_records: int = 100_000,
         username: str | None = None,
         password: str | None = None,
+        pipelining: bool = True,
     ) -> None:
         self._port = port
-        self._state = _State(max_records, _Credentials(username, password))
+        self._state = _State(max_records, _Credentials(username, password), pipelining)
         self._lifecycle = threading.Lock()
         self._controller: _Controller | None = None
         self._bound_port: int | None = None

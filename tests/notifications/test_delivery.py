@@ -6,6 +6,7 @@ paths through a real worker and RabbitMQ are in test_pipeline.py.
 
 from __future__ import annotations
 
+import email
 import json
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from accounts.models import User
+from flashsend.fakes import FakeSmtpServer
 from notifications.delivery import Verdict, backoff_seconds, notification_deliver
 from notifications.models import AttemptOutcome, Notification, Status
 
@@ -89,6 +91,38 @@ def test_email_over_smtp(user: User, providers: Any) -> None:
     assert message.subject == "Hi"
     row.refresh_from_db()
     assert row.provider_message_id == message.message_id.strip("<>")
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "without"])
+def test_email_headers_and_envelope_from_the_provider(
+    user: User, settings: Any, pipelining: bool
+) -> None:
+    with FakeSmtpServer(pipelining=pipelining) as relay:
+        settings.EMAIL_PROVIDERS = ["smtp"]
+        settings.SMTP_HOST, settings.SMTP_PORT = relay.host, relay.port
+        settings.SMTP_USE_TLS = settings.SMTP_USE_SSL = False
+        settings.SMTP_FROM = "FlashSend Alerts <alerts@example.com>"
+        rows = [
+            _queued(user, channel="email", recipient=f"ann{n}@example.com", subject=f"Hi {n}")
+            for n in range(2)
+        ]
+        rows.append(_queued(user, channel="email", recipient="bo@example.com", subject="Grüße"))
+        for row in rows:
+            assert notification_deliver(notification_id=row.id).verdict is Verdict.SENT
+        messages = relay.messages()
+        assert relay.connections_opened == 1
+    assert [(m.mail_from, m.rcpt_tos) for m in messages] == [
+        ("alerts@example.com", ("ann0@example.com",)),
+        ("alerts@example.com", ("ann1@example.com",)),
+        ("alerts@example.com", ("bo@example.com",)),
+    ]
+    assert [m.subject for m in messages] == ["Hi 0", "Hi 1", "Grüße"]
+    raw = email.message_from_bytes(messages[2].raw)
+    assert raw["From"] == "FlashSend Alerts <alerts@example.com>"
+    assert raw["To"] == "bo@example.com"
+    assert raw["Subject"].startswith("=?utf-8?")  # encoded, as Django does
+    assert raw["Date"]
+    assert raw["Message-ID"]
 
 
 def test_smtp_temporary_failure_is_transient(user: User, providers: Any) -> None:

@@ -36,9 +36,25 @@ def test_claim_takes_a_claimable_row_once(user: User, start: str) -> None:
         1,
         None,
     )
-    assert claimed.recipient == "+14155552671"  # the whole row comes back
+    assert claimed.recipient == "+14155552671"
     assert claimed.claimed_at is not None
     assert lifecycle.claim(row.id, lease=LEASE) is None  # a second claimer loses
+
+
+def test_a_claim_reads_what_a_delivery_needs_and_defers_the_rest(
+    user: User, django_assert_num_queries: Any
+) -> None:
+    rows = [_row(user, metadata={"order": n}, subject=f"s{n}") for n in range(3)]
+    with django_assert_num_queries(1):
+        claimed = sorted(
+            lifecycle.claim_many([r.id for r in rows], lease=LEASE), key=lambda r: r.id
+        )
+        read = [
+            (r.recipient, r.subject, r.metadata, r.queue_name, r.attempt_count) for r in claimed
+        ]
+    assert read == [("+14155552671", f"s{n}", {"order": n}, "sms.medium", 1) for n in range(3)]
+    with django_assert_num_queries(1):  # a deferred field is still there when read
+        assert claimed[0].created_at == rows[0].created_at
 
 
 @pytest.mark.parametrize(
@@ -107,6 +123,44 @@ def test_verdict_and_attempts_are_written_in_one_statement(user: User) -> None:
     assert (row.status, row.provider) == (Status.SENT, "vonage")
     stored = list(row.attempts.order_by("id").values_list("provider", "outcome", "latency_ms"))
     assert stored == [("twilio", "transient", 40), ("vonage", "success", 40)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verdicts_keep_every_character_and_instant(user: User) -> None:
+    rows = [_row(user) for _ in range(2)]
+    lifecycle.claim_many([r.id for r in rows], lease=LEASE)
+    error = 'quote " backslash \\ newline\n tab\t unicode ✓ — {"json": [1]}'
+    later = timezone.now().replace(microsecond=123456) + timedelta(hours=3)
+    attempt = _attempt(rows[0], "twilio")
+    attempt.error_message = error
+    verdicts = [
+        lifecycle.retrying(rows[0].id, error, later, [attempt]),
+        lifecycle.sent(rows[1].id, "vonage", "V'1", [_attempt(rows[1], "vonage")]),
+    ]
+    assert lifecycle.leave_processing(verdicts) == {rows[0].id, rows[1].id}
+    first, second = (Notification.objects.get(id=r.id) for r in rows)
+    assert (first.status, first.last_error, first.next_attempt_at) == (
+        Status.RETRYING,
+        error,
+        later,
+    )
+    assert first.attempts.get().error_message == error
+    assert first.attempts.get().started_at == attempt.started_at
+    assert (second.status, second.provider_message_id) == (Status.SENT, "V'1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nul_in_an_error_text_does_not_stop_its_verdict(user: User) -> None:
+    row = _row(user)
+    lifecycle.claim(row.id, lease=LEASE)
+    attempt = _attempt(row, "twilio")
+    attempt.error_message = "before\x00after"
+    later = timezone.now() + timedelta(minutes=1)
+    verdict = lifecycle.retrying(row.id, "provider said \x00", later, [attempt])
+    assert lifecycle.leave_processing([verdict]) == {row.id}
+    row.refresh_from_db()
+    assert (row.status, row.last_error) == (Status.RETRYING, "provider said \ufffd")
+    assert row.attempts.get().error_message == "before\ufffdafter"
 
 
 def test_attempts_are_kept_when_the_row_is_no_longer_ours(user: User) -> None:

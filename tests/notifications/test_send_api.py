@@ -132,3 +132,37 @@ def test_send_with_a_revoked_key_is_401(api: APIClient, user: User) -> None:
     api.credentials(HTTP_X_API_KEY=raw)
     assert api.post(SEND, SMS, format="json").status_code == 401
     assert not Notification.objects.exists()
+
+
+def test_the_send_insert_writes_the_row_create_would(user: User) -> None:
+    from django.forms.models import model_to_dict
+
+    from notifications import services
+    from notifications.models import Status
+
+    api_key, _ = make_api_key(user)
+    content = {"channel": "email", "to": "ann@example.com", "subject": "Hi", "body": "Hello"}
+    sent = services.notification_send(
+        owner=user, api_key=api_key, priority="high", metadata={"order": [1, "two"]}, **content
+    )
+    assert sent.pk is not None
+    assert not sent._state.adding
+    made = Notification.objects.create(
+        owner=user,
+        api_key=api_key,
+        status=Status.QUEUED,
+        channel="email",
+        recipient="ann@example.com",
+        subject="Hi",
+        body="Hello",
+        priority="high",
+        metadata={"order": [1, "two"]},
+    )
+    stored, created = Notification.objects.get(pk=sent.pk), Notification.objects.get(pk=made.pk)
+    stamps = ("id", "created_at", "updated_at")
+    assert {k: v for k, v in model_to_dict(stored).items() if k not in stamps} == {
+        k: v for k, v in model_to_dict(created).items() if k not in stamps
+    }
+    # The instance carries the timestamps that were written.
+    assert (stored.created_at, stored.updated_at) == (sent.created_at, sent.updated_at)
+    assert stored.created_at is not None
