@@ -169,11 +169,11 @@ def _arguments() -> argparse.Namespace:
         "--workers",
         type=_worker_spec,
         nargs="+",
-        # One worker process per core, 32 threads each: the README's setting for email
-        # workers (their threads mostly wait on the relay's replies).
-        default=[(max(1, os.cpu_count() or 1), 32)],
+        # One worker process per core, 64 threads each: the README's setting for email
+        # workers (their threads mostly wait on the relay's replies); then 128.
+        default=[(max(1, os.cpu_count() or 1), 64), (max(1, os.cpu_count() or 1), 128)],
         help="FlashSend worker settings as PROCESSESxTHREADS, e.g. 1x16 2x32 (default: one "
-        "process per core x 32)",
+        "process per core x 64, then x 128)",
     )
     parser.add_argument(
         "--tuned",
