@@ -421,6 +421,8 @@ SMTP_SECURITY = env_choice(
 )
 SMTP_USE_TLS = SMTP_SECURITY == "starttls"
 SMTP_USE_SSL = SMTP_SECURITY == "ssl"
+# A kept SMTP session idle this long is checked with a NOOP before its next message.
+SMTP_IDLE_CHECK_SECONDS = 5.0
 
 # --- Logging --------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
+import time
 from email.utils import formatdate, make_msgid
 
 from django.conf import settings
@@ -46,6 +47,7 @@ class SmtpProvider(Provider):
             fail_silently=False,
         )
         self._envelope_from: str | None = None  # checked on first send, see _sender()
+        self._last_used = 0.0  # monotonic time of the session's last message
         # Whether messages may be written directly (mime.plain_text): the From header
         # must be one Django writes as it is, and the charset exactly "utf-8", the one
         # value for which Django picks 8bit or quoted-printable as mime does.
@@ -60,27 +62,52 @@ class SmtpProvider(Provider):
         message_id = make_msgid(domain=str(DNS_NAME))
         recipient, raw = _envelope_and_message(message, message_id, self._direct)
         envelope_from = self._sender()
+        connection = self._open()
         try:
-            connection = self._session()
             smtp_pipelining.sendmail(connection, envelope_from, [recipient], raw)
         except smtplib.SMTPRecipientsRefused as exc:
             raise _refused(exc) from exc
-        except (smtplib.SMTPAuthenticationError, smtplib.SMTPSenderRefused) as exc:
+        except smtplib.SMTPSenderRefused as exc:
             self.close()
             if exc.smtp_code == CLOSING:  # the relay is going away, not refusing us
                 raise _response_error(exc) from exc
-            # Our account or sender address, not the recipient: an operator can fix
-            # it, so the message waits and retries instead of failing.
+            # Our sender address, not the recipient: an operator can fix it, so the
+            # message waits and retries instead of failing.
             raise ProviderError(
-                f"SMTP {exc.smtp_code}: our login or sender was refused: {exc}", code="account"
+                f"SMTP {exc.smtp_code}: our sender was refused: {exc}", code="account"
             ) from exc
+        except smtplib.SMTPHeloError as exc:
+            # EHLO and HELO refused: the relay will not talk to this client, which says
+            # nothing about the message (smtplib greets on the first message).
+            self.close()
+            raise _unavailable(exc) from exc
         except smtplib.SMTPResponseException as exc:
             self.close()
             raise _response_error(exc) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self.close()  # the session is unusable; the next send reconnects
             raise ProviderError(f"SMTP: {type(exc).__name__}: {exc}", code="connection") from exc
+        finally:
+            self._last_used = time.monotonic()
         return SendResult(message_id=message_id.strip("<>"))
+
+    def _open(self) -> smtplib.SMTP:
+        """This thread's session, opened if need be.
+
+        A failure to open one says nothing about the message: the relay is down, busy
+        or refusing this client (a 554 greeting included), so it is never permanent and
+        the chain goes on to the next provider. A refused login is the operator's to fix.
+        """
+        try:
+            return self._session()
+        except smtplib.SMTPAuthenticationError as exc:
+            self.close()
+            raise ProviderError(
+                f"SMTP {exc.smtp_code}: our login was refused: {exc}", code="account"
+            ) from exc
+        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+            self.close()
+            raise _unavailable(exc) from exc
 
     def _sender(self) -> str:
         """The envelope sender, SMTP_FROM checked once. Checked here rather than when
@@ -94,8 +121,8 @@ class SmtpProvider(Provider):
     def _session(self) -> smtplib.SMTP:
         """This thread's open session: the kept one, or a new one if it has ended."""
         kept = self._backend.connection
-        if kept is not None and getattr(kept, "sock", None) is None:
-            self.close()  # closed by a 421 or a refusal's clean-up: reconnect
+        if kept is not None and not self._still_open(kept):
+            self.close()  # closed by a 421, a refusal's clean-up or the relay: reconnect
         # open() is a no-op while the connection is up: one SMTP session serves every
         # message this thread sends.
         self._backend.open()
@@ -103,6 +130,21 @@ class SmtpProvider(Provider):
         if connection is None:  # open() reports failures by raising; never here
             raise smtplib.SMTPServerDisconnected("the SMTP session did not open")
         return connection
+
+    def _still_open(self, kept: smtplib.SMTP) -> bool:
+        """Whether the kept session can carry a message. Relays end sessions left idle
+        (Postfix after 300 s, hosted relays sooner) without smtplib noticing: a message
+        written into one fails and waits a retry round. So a session idle for
+        SMTP_IDLE_CHECK_SECONDS is asked a NOOP first, one round trip after a pause."""
+        if getattr(kept, "sock", None) is None:
+            return False
+        if time.monotonic() - self._last_used < settings.SMTP_IDLE_CHECK_SECONDS:
+            return True
+        try:
+            code, _ = kept.noop()
+        except (TimeoutError, smtplib.SMTPException, OSError):
+            return False
+        return code == 250
 
     def close(self) -> None:
         # Closing a broken connection may fail too; either way it is gone.
@@ -168,6 +210,12 @@ def _refused(exc: smtplib.SMTPRecipientsRefused) -> ProviderError:
     )
     permanent = bool(codes) and all(code >= 500 for code in codes)
     return ProviderError(f"SMTP refused {detail}", permanent=permanent, code=str(codes[0]))
+
+
+def _unavailable(exc: BaseException) -> ProviderError:
+    return ProviderError(
+        f"SMTP: no session with the relay: {type(exc).__name__}: {exc}", code="connection"
+    )
 
 
 def _response_error(exc: smtplib.SMTPResponseException) -> ProviderError:

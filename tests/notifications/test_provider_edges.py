@@ -168,7 +168,7 @@ def test_smtp_wrong_password_retries_then_delivers_once_fixed(
     assert row.status == Status.RETRYING
     assert row.next_attempt_at is not None
     assert row.finished_at is None
-    assert "smtp: SMTP 535: our login or sender was refused" in row.last_error
+    assert "smtp: SMTP 535: our login was refused" in row.last_error
     assert _attempts(row) == [("smtp", "transient", "account")]
     assert smtp_login.messages() == []
     assert smtp_login.auth_attempts()

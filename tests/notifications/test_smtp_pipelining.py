@@ -6,6 +6,7 @@ import email
 import smtplib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -304,3 +305,93 @@ def test_an_empty_sender_setting_sends_from_djangos_default_as_django_would(
     [message] = relay.messages()
     assert message.mail_from == "default@example.com"
     assert email.message_from_bytes(message.raw)["From"] == "Default <default@example.com>"
+
+
+class RefusingRelay:
+    """Greets with ``greeting``; if that is a 220, answers every line with ``reply``."""
+
+    def __init__(self, greeting: bytes, reply: bytes = b"") -> None:
+        self.greeting, self.reply = greeting, reply
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(self.greeting)
+            while self.greeting.startswith(b"220") and lines.readline():
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self._listener.close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("greeting", "reply"),
+    [
+        (b"554 5.7.1 client host blocked\r\n", b""),
+        (b"421 4.3.2 too busy\r\n", b""),
+        (b"220 relay ESMTP\r\n", b"550 5.7.1 not talking to you\r\n"),  # EHLO, then HELO
+    ],
+    ids=["554-greeting", "421-greeting", "helo-refused"],
+)
+def test_a_relay_that_will_not_talk_to_us_fails_the_attempt_not_the_message(
+    smtp_settings: tuple[Any, FakeSmtpServer], greeting: bytes, reply: bytes
+) -> None:
+    """A refusal before any message says nothing about the message: a passing failure,
+    so the chain tries the next provider and the notification is retried."""
+    settings, _ = smtp_settings
+    relay = RefusingRelay(greeting, reply)
+    settings.SMTP_PORT = relay.port
+    provider = SmtpProvider()
+    try:
+        with pytest.raises(ProviderError) as caught:
+            provider.send(_outbound())
+    finally:
+        provider.close()
+        relay.close()
+    assert (caught.value.permanent, caught.value.code) == (False, "connection")
+    assert provider._backend.connection is None
+
+
+def test_a_session_the_relay_dropped_while_idle_is_checked_and_replaced(
+    smtp_settings: tuple[Any, FakeSmtpServer],
+) -> None:
+    settings, relay = smtp_settings
+    settings.SMTP_IDLE_CHECK_SECONDS = 0.2
+    provider = SmtpProvider()
+    provider.send(_outbound())
+    session = provider._backend.connection
+    assert session is not None
+    assert session.sock is not None
+    # The relay's end is gone; smtplib still holds an open socket and cannot know.
+    session.sock.shutdown(socket.SHUT_RDWR)
+    time.sleep(0.3)
+    provider.send(_outbound(subject="after a pause"))
+    provider.close()
+    assert [m.subject for m in relay.messages()] == ["Hi", "after a pause"]
+    assert relay.connections_opened == 2
+
+
+def test_a_dropped_session_used_without_a_pause_fails_the_attempt_only(
+    smtp_settings: tuple[Any, FakeSmtpServer],
+) -> None:
+    """Within SMTP_IDLE_CHECK_SECONDS no NOOP is spent: a session dropped meanwhile
+    fails that one attempt (retried later), and the next send reconnects."""
+    settings, relay = smtp_settings
+    settings.SMTP_IDLE_CHECK_SECONDS = 60.0
+    provider = SmtpProvider()
+    provider.send(_outbound())
+    session = provider._backend.connection
+    assert session is not None
+    assert session.sock is not None
+    session.sock.shutdown(socket.SHUT_RDWR)
+    with pytest.raises(ProviderError) as caught:
+        provider.send(_outbound(subject="lost attempt"))
+    assert (caught.value.permanent, caught.value.code) == (False, "connection")
+    provider.send(_outbound(subject="next"))
+    provider.close()
+    assert [m.subject for m in relay.messages()] == ["Hi", "next"]
