@@ -410,22 +410,35 @@ def _json_value(value: object) -> str:
 
 
 def mark_published(notification_ids: Iterable[int]) -> int:
-    """Record that the broker accepted these rows' tasks."""
-    ids = list(notification_ids)
-    if not ids:
-        return 0
-    return Notification.objects.filter(id__in=ids, published_at__isnull=True).update(
-        published_at=_now()
-    )
+    """Record that the broker accepted these rows' tasks (rows a worker holds skipped)."""
+    return _stamp_unlocked(notification_ids, published_at__isnull=True)
 
 
 def restamp_published(notification_ids: Iterable[int]) -> int:
     """Queued rows published again by the sweeper: their clock starts over, so the
     next sweep leaves them alone while they wait in a backlog."""
-    ids = list(notification_ids)
+    return _stamp_unlocked(notification_ids, status=Status.QUEUED)
+
+
+def _stamp_unlocked(notification_ids: Iterable[int], **conditions: Any) -> int:
+    """Set published_at on the rows meeting ``conditions`` that no one else holds.
+
+    A worker's claim updates the same rows as the publisher's mark, both many at a
+    time: two multi-row UPDATEs meeting in different orders deadlock, and PostgreSQL
+    aborts one (seen under load, as the publisher's). A row another transaction holds
+    is being claimed or settled, so the broker evidently had its message: skipping it
+    loses nothing, and the mark never waits on a worker.
+    """
+    ids = sorted(set(notification_ids))
     if not ids:
         return 0
-    return Notification.objects.filter(id__in=ids, status=Status.QUEUED).update(published_at=_now())
+    free = (
+        Notification.objects.filter(id__in=ids, **conditions)
+        .select_for_update(skip_locked=True)
+        .values("id")
+    )
+    with transaction.atomic():
+        return Notification.objects.filter(id__in=free).update(published_at=_now())
 
 
 def postpone_overdue_retries(notification_ids: Iterable[int]) -> int:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -209,6 +209,32 @@ def test_mark_published_only_once(user: User) -> None:
     first = Notification.objects.get(id=row.id).published_at
     assert lifecycle.mark_published([row.id]) == 0
     assert Notification.objects.get(id=row.id).published_at == first
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stamp", [lifecycle.mark_published, lifecycle.restamp_published])
+def test_published_stamps_skip_rows_another_transaction_holds(user: User, stamp: Any) -> None:
+    """A worker's claim holding some of the rows must not make the publisher wait
+    (two multi-row updates in different orders deadlock)."""
+    held, free = _row(user), _row(user)
+    worker = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        worker.set_autocommit(False)
+        with worker.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM notifications_notification WHERE id = %s FOR UPDATE", [held.id]
+            )
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")  # a wait fails the test, not hangs it
+        assert stamp([held.id, free.id]) == 1
+    finally:
+        worker.rollback()
+        worker.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = 0")
+    rows = dict(Notification.objects.values_list("id", "published_at"))
+    assert rows[held.id] is None
+    assert rows[free.id] is not None
 
 
 def test_release_stale_claims(user: User) -> None:
