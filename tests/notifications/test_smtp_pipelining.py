@@ -147,13 +147,10 @@ def test_an_address_with_a_line_break_is_refused_before_anything_is_sent(
 # --- replies no fake relay gives: a scripted one ------------------------------------
 
 
-class ScriptedRelay:
-    """Answers EHLO with PIPELINING, then gives the scripted replies, one per line it
-    reads (the message between 354 and its dot counts as one); records what it read."""
+class OneSessionRelay:
+    """A relay on a loopback port serving one session, as ``serve_session`` says."""
 
-    def __init__(self, replies: list[bytes]) -> None:
-        self.replies = replies
-        self.received: list[bytes] = []
+    def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -162,23 +159,39 @@ class ScriptedRelay:
     def _serve(self) -> None:
         conn, _ = self._listener.accept()
         with conn, conn.makefile("rb") as lines:
-            conn.sendall(b"220 scripted ESMTP\r\n")
-            lines.readline()  # EHLO
-            conn.sendall(b"250-scripted\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
-            in_data = False
-            for reply in self.replies:
-                line = lines.readline()
-                while in_data and line not in (b".\r\n", b""):
-                    line = lines.readline()
-                self.received.append(line.strip())
-                in_data = reply.startswith(b"354")
-                conn.sendall(reply)
-                if reply.startswith(b"421"):
-                    return
+            self.serve_session(conn, lines)
+
+    def serve_session(self, conn: socket.socket, lines: Any) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._listener.close()
         self._thread.join(5)
+
+
+class ScriptedRelay(OneSessionRelay):
+    """Answers EHLO with PIPELINING, then gives the scripted replies, one per line it
+    reads (the message between 354 and its dot counts as one); records what it read."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.replies = replies
+        self.received: list[bytes] = []
+        super().__init__()
+
+    def serve_session(self, conn: socket.socket, lines: Any) -> None:
+        conn.sendall(b"220 scripted ESMTP\r\n")
+        lines.readline()  # EHLO
+        conn.sendall(b"250-scripted\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+        in_data = False
+        for reply in self.replies:
+            line = lines.readline()
+            while in_data and line not in (b".\r\n", b""):
+                line = lines.readline()
+            self.received.append(line.strip())
+            in_data = reply.startswith(b"354")
+            conn.sendall(reply)
+            if reply.startswith(b"421"):
+                return
 
 
 def test_data_accepted_after_every_recipient_was_refused_is_ended_with_a_lone_dot() -> None:
@@ -307,26 +320,17 @@ def test_an_empty_sender_setting_sends_from_djangos_default_as_django_would(
     assert email.message_from_bytes(message.raw)["From"] == "Default <default@example.com>"
 
 
-class RefusingRelay:
+class RefusingRelay(OneSessionRelay):
     """Greets with ``greeting``; if that is a 220, answers every line with ``reply``."""
 
     def __init__(self, greeting: bytes, reply: bytes = b"") -> None:
         self.greeting, self.reply = greeting, reply
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        conn, _ = self._listener.accept()
-        with conn, conn.makefile("rb") as lines:
-            conn.sendall(self.greeting)
-            while self.greeting.startswith(b"220") and lines.readline():
-                conn.sendall(self.reply)
-
-    def close(self) -> None:
-        self._listener.close()
-        self._thread.join(5)
+    def serve_session(self, conn: socket.socket, lines: Any) -> None:
+        conn.sendall(self.greeting)
+        while self.greeting.startswith(b"220") and lines.readline():
+            conn.sendall(self.reply)
 
 
 @pytest.mark.parametrize(
@@ -357,18 +361,24 @@ def test_a_relay_that_will_not_talk_to_us_fails_the_attempt_not_the_message(
     assert provider._backend.connection is None
 
 
-def test_a_session_the_relay_dropped_while_idle_is_checked_and_replaced(
-    smtp_settings: tuple[Any, FakeSmtpServer],
-) -> None:
-    settings, relay = smtp_settings
-    settings.SMTP_IDLE_CHECK_SECONDS = 0.2
+def _sent_once_then_dropped() -> SmtpProvider:
+    """A provider that has sent "Hi" and whose session the relay has since dropped:
+    its socket is shut down under smtplib, which still holds it and cannot know."""
     provider = SmtpProvider()
     provider.send(_outbound())
     session = provider._backend.connection
     assert session is not None
     assert session.sock is not None
-    # The relay's end is gone; smtplib still holds an open socket and cannot know.
     session.sock.shutdown(socket.SHUT_RDWR)
+    return provider
+
+
+def test_a_session_the_relay_dropped_while_idle_is_checked_and_replaced(
+    smtp_settings: tuple[Any, FakeSmtpServer],
+) -> None:
+    settings, relay = smtp_settings
+    settings.SMTP_IDLE_CHECK_SECONDS = 0.2
+    provider = _sent_once_then_dropped()
     time.sleep(0.3)
     provider.send(_outbound(subject="after a pause"))
     provider.close()
@@ -383,12 +393,7 @@ def test_a_dropped_session_used_without_a_pause_fails_the_attempt_only(
     fails that one attempt (retried later), and the next send reconnects."""
     settings, relay = smtp_settings
     settings.SMTP_IDLE_CHECK_SECONDS = 60.0
-    provider = SmtpProvider()
-    provider.send(_outbound())
-    session = provider._backend.connection
-    assert session is not None
-    assert session.sock is not None
-    session.sock.shutdown(socket.SHUT_RDWR)
+    provider = _sent_once_then_dropped()
     with pytest.raises(ProviderError) as caught:
         provider.send(_outbound(subject="lost attempt"))
     assert (caught.value.permanent, caught.value.code) == (False, "connection")
