@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, Protocol, TypeAlias, cast, get_args
 
+from flashsend.fakes._lifecycle import StartStop
+
 LOOPBACK: Final = "127.0.0.1"
 MAX_LINE: Final = 4096
 MAX_MESSAGE: Final = 10 * 1024 * 1024
@@ -172,7 +174,7 @@ def _address(line: bytes) -> str:
     return line[start + 1 : end].decode("utf-8", "replace") if 0 <= start < end else ""
 
 
-class LeanSmtpSink:
+class LeanSmtpSink(StartStop):
     """The sink on 127.0.0.1 (port 0: any free port), its loop on a thread of its own."""
 
     def __init__(self, *, port: int = 0, pipelining: bool = True) -> None:
@@ -221,12 +223,6 @@ class LeanSmtpSink:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
         self._bound_port = None
-
-    def __enter__(self) -> LeanSmtpSink:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def host(self) -> str:

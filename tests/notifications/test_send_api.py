@@ -3,10 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.forms.models import model_to_dict
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from notifications.models import Notification
+from notifications import services
+from notifications.models import Notification, Status
 from tests.factories import make_api_key
 
 pytestmark = pytest.mark.django_db
@@ -135,11 +137,6 @@ def test_send_with_a_revoked_key_is_401(api: APIClient, user: User) -> None:
 
 
 def test_the_send_insert_writes_the_row_create_would(user: User) -> None:
-    from django.forms.models import model_to_dict
-
-    from notifications import services
-    from notifications.models import Status
-
     api_key, _ = make_api_key(user)
     content = {"channel": "email", "to": "ann@example.com", "subject": "Hi", "body": "Hello"}
     sent = services.notification_send(
